@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests that need ../shared/data use the fixtures below and skip with a reason when it is absent."""
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("JFACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _need(sub: str) -> pathlib.Path:
+  path = SHARED_DATA / sub
+  if not path.exists():
+    pytest.skip(f"needs {path} (the licensed ../shared/data folder; set JFACE_SHARED_DATA to point elsewhere)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  return _need("")
+
+
+@pytest.fixture(scope="session")
+def bfm_dir() -> pathlib.Path:
+  return _need("3dmm")
+
+
+@pytest.fixture(scope="session")
+def dev_dir() -> pathlib.Path:
+  return _need("aflw2000_3d_dev")
+
+
+@pytest.fixture(scope="session")
+def train_dir() -> pathlib.Path:
+  return _need("aflw2000_3d_train")
+
+
+@pytest.fixture(scope="session")
+def wild_dir() -> pathlib.Path:
+  return _need("aflw_wild")
+
+
+@pytest.fixture(scope="session")
+def bfm(bfm_dir):
+  from jface import bfm as bfm_lib
+  return bfm_lib.load_3ddfa(str(bfm_dir))
