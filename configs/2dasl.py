@@ -1,0 +1,111 @@
+r"""2DASL training configs: ``python train.py --config configs/2dasl.py[:VARIANT] --workdir DIR``.
+
+Variants (``get_config(arg)``):
+
+* (default) -- the paper's settings (Tu et al. 2019, Sec. 4.1) on real data: ResNet-50 in the 2DASL layout,
+  RGB + landmark map input, L = L3d + 0.005 L2d-con + 0.005 L3d-con + 1 Lcyc + 0.005 Lsc, regressor SGD from
+  5e-5 with exponential decay, critic Adam 1e-4, batch 32 + 32. Needs ``--config.data.train_3d`` (300W-LP:
+  ``tfds:the300w_lp`` or ``mat:/path/300W_LP/<subset>``), ``--config.data.train_2d`` (in-the-wild images with
+  68-point landmarks: ``folder:/path/images:/path/landmarks.csv``), ``--config.data.dev`` and
+  ``--config.bfm_dir`` (3DDFA's train.configs). Not run here (no 300W-LP, no GPU).
+* ``:smoke`` -- the embedded default: synthetic faces rendered on the fly and the synthetic face model, a tiny
+  CNN, 60 steps; no download.
+  Command: ``python train.py --config configs/2dasl.py:smoke --workdir /tmp/jface-smoke``.
+  Result: see docs/RESULTS.md ("smoke") for the measured time and dev NME of the last run.
+* ``:base`` / ``:cyc`` / ``:sc`` -- the paper's ablations (Sec. 4.4) on the default's data: ``base`` = RGB only,
+  L3d only; ``cyc`` = RGB + FLM with the self-supervision losses (no critic); ``sc`` = RGB only with the
+  self-critic. The default is cyc+sc.
+
+Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
+Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+PAPER_LAMBDAS = dict(l2d_con=0.005, l3d_con=0.005, cyc=1.0, sc=0.005)
+VARIANTS = ("default", "smoke", "base", "cyc", "sc")
+
+
+def _set_variant(config: ml_collections.ConfigDict, variant: str) -> None:
+  """Ablation switches (paper Sec. 4.4)."""
+  if variant == "base":
+    config.use_flm, config.use_cyc, config.use_sc = False, False, False
+  elif variant == "cyc":
+    config.use_flm, config.use_cyc, config.use_sc = True, True, False
+  elif variant == "sc":
+    config.use_flm, config.use_cyc, config.use_sc = False, False, True
+  else:  # cyc + sc
+    config.use_flm, config.use_cyc, config.use_sc = True, True, True
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/2dasl.py; choose one of {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.seed = 0
+  c.bfm_dir = ""  # 3DDFA-format folder, or "synthetic"
+  c.dense_bases_dir = ""  # optional folder with w_shp_sim.npy / w_exp_sim.npy
+
+  c.model = "resnet50"  # jface.models.build_regressor name
+  c.dtype = "float32"
+  c.use_flm = True
+  c.use_cyc = True
+  c.use_sc = True
+  c.stage = 1  # 1: full loss with L3d; 2: fine-tune with the vertex distance cost (VDC)
+  c.init_from = ""  # workdir whose latest checkpoint initialises the regressor (stage 2)
+  c.lambdas = ml_collections.ConfigDict(PAPER_LAMBDAS)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train_3d = ""
+  c.data.train_2d = ""
+  c.data.dev = ""
+  c.data.dev_size = 0  # 0 = all
+  c.data.num_threads = 2
+  c.data.augment = True
+  c.data.landmark_noise_px = 0.0
+
+  c.batch_size = 32  # 3D-labelled images per step (global)
+  c.batch_size_2d = 32  # 2D-only images per step (global)
+  c.num_steps = 200_000
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 5e-5
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.decay_rate = 0.5  # exponential decay: lr * decay_rate ** (step / decay_steps)
+  c.optimizer.decay_steps = 50_000
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip = 0.0  # 0 = off
+  c.critic_learning_rate = 1e-4
+
+  c.log_every = 50
+  c.eval_every = 5000
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.num_devices = 0  # 0 = all local devices
+  c.distributed = False  # multi-host: jax.distributed.initialize()
+  c.tensorboard = True
+  c.model_kwargs = {}  # extra regressor kwargs, e.g. {"num_filters": 32}
+  c.encoder_kwargs = {}
+  c.critic_kwargs = {}
+
+  _set_variant(c, variant)
+  if variant == "smoke":
+    c.bfm_dir = "synthetic"
+    c.model = "tiny_cnn"
+    c.data.train_3d = "synthetic:4096:0"
+    c.data.train_2d = "synthetic2d:4096:1"
+    c.data.dev = "synthetic:64:12345"
+    c.batch_size = 16
+    c.batch_size_2d = 16
+    c.num_steps = 60
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.decay_steps = 1000
+    c.log_every = 10
+    c.eval_every = 30
+    c.checkpoint_every = 20
+  return c

@@ -1,0 +1,60 @@
+"""Tiny random stand-ins used by several tests (no data, no synthetic renderer)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from jface import bfm as bfm_lib
+from jface import geometry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(arg=None):
+  spec = importlib.util.spec_from_file_location("config_2dasl", os.path.join(ROOT, "configs", "2dasl.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def random_face_model(seed: int = 0) -> bfm_lib.FaceModel:
+  """A BFM-shaped 68-landmark model with BFM-like magnitudes: the mean face fills a 120 px crop."""
+  rng = np.random.default_rng(seed)
+  pts = rng.normal(size=(68, 3)) * [6e4, 7e4, 3e4]
+  mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 60, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
+  std = np.array([2e-4, 3e-4, 3e-4, 10, 2.5e-4, 2e-4, 2e-4, 10, 3.6e-4, 1e-4, 1.5e-4, 18]
+                 + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
+  f = lambda a: jnp.asarray(a, jnp.float32)
+  return bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
+                           w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
+                           param_std=f(std), name="random").check()
+
+
+def fake_batch(n: int, seed: int, with_params: bool, size: int = 32, face=None) -> dict:
+  """A batch dict as the pipeline yields it (numpy), with landmarks consistent with the params."""
+  rng = np.random.default_rng(seed)
+  face = face or random_face_model()
+  pw = (rng.normal(size=(n, 62)) * 0.3).astype(np.float32)
+  lm = np.asarray(geometry.landmarks2d(face, jnp.asarray(pw))) * size / 120
+  mask = rng.uniform(size=(n, 68)) > 0.1
+  return {"image": rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8),
+          "params": pw if with_params else np.zeros_like(pw), "has_params": np.full((n,), with_params),
+          "landmarks": lm.astype(np.float32), "flm_landmarks": lm.astype(np.float32), "landmarks_mask": mask,
+          "name": np.array([f"x{i}" for i in range(n)])}
+
+
+def fake_config(variant="default", **overrides):
+  c = load_config(variant)
+  c.model = "tiny_cnn"
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 1e-2
+  c.model_kwargs = {"channels": (8, 16)}
+  c.encoder_kwargs = {"channels": (8, 8, 8, 8, 8)}
+  # dropout masks are drawn per device, so only dropout-free critics give bit-comparable N-device steps
+  c.critic_kwargs = {"dropout_rate": 0.0}
+  for k, v in overrides.items():
+    c[k] = v
+  return c
