@@ -197,3 +197,225 @@ def make_predict_fn(mods: Modules, use_flm: bool) -> Callable:
   def predict(params, batch_stats, batch):
     return reg.apply({"params": params, "batch_stats": batch_stats}, _inputs(batch, use_flm), train=False)
   return predict
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def predict_source(predict: Callable, state: TrainState, source, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+  """Runs the regressor over a whole source in order. -> (pw (N, 62), collated batch of all examples)."""
+  from datasets.pipeline import Loader
+  loader = Loader(source, batch_size=min(batch_size, len(source)), seed=0, shuffle=False, drop_remainder=False,
+                  num_threads=2)
+  params, batch_stats = jax.device_get((state.params, state.batch_stats))
+  preds, parts = [], []
+  for batch in loader.iter_from(0, num_steps=loader.steps_per_epoch):
+    feed = {k: batch[k] for k in ("image", "landmarks_mask")}
+    feed["flm_landmarks"] = batch.get("flm_landmarks", batch["landmarks"])
+    preds.append(np.asarray(predict(params, batch_stats, feed)))
+    parts.append(batch)
+  all_batches = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return np.concatenate(preds), all_batches
+
+
+def evaluate_predictions(face: bfm_lib.FaceModel, pw: np.ndarray, batch: dict) -> dict:
+  """68-point NME (percent) per |yaw| bin of predictions on a dev source.
+
+  AFLW2000-3D crops (examples carry ``gt_pts68``): the benchmark protocol in the original image (1998 subset).
+  Otherwise (synthetic): NME against the landmarks of the ground-truth params in crop pixels,
+  normalised by sqrt(w h) of the GT box, binned by the GT yaw.
+  """
+  from jface import metrics
+  pred = np.asarray(geometry.landmarks3d(face, jnp.asarray(pw)))
+  if "gt_pts68" in batch:
+    res = metrics.aflw2000_nme(pred, batch["roi_box"], batch["gt_pts68"], batch["yaw"], batch["name"],
+                               subset="1998")
+    summary, errors = res["summary2d"], res["nme2d"]
+  else:
+    gt = np.asarray(geometry.landmarks2d(face, jnp.asarray(batch["params"])))
+    errors = metrics.nme_2d(pred[..., :2], gt)
+    summary = metrics.yaw_bin_summary(errors, batch["yaw"])
+  out = {"bins": [float(b) for b in summary["bins"]], "mean_of_bins": float(summary["mean_of_bins"]),
+         "overall": float(summary["overall"]), "n": int(summary["n"]), "n_failed": int(summary["n_failed"])}
+  return {"nme_2d_68": out, "errors": np.asarray(errors)}
+
+
+# ------------------------------------------------------------------------------------- checkpointing
+
+def _managers(workdir: str, config):
+  import orbax.checkpoint as ocp
+  latest = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=True))
+  best = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "best")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_nme"], best_mode="min",
+                                           create=True, enable_async_checkpointing=False))
+  return latest, best
+
+
+def restore_state(manager, template: TrainState, step: int | None = None) -> TrainState:
+  """Restores ``step`` (default: latest) into host arrays shaped like ``template``."""
+  import orbax.checkpoint as ocp
+  step = manager.latest_step() if step is None else step
+  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_checkpoint(workdir: str, which: str = "latest"):
+  """-> (config, TrainState on host) from a workdir written by ``train_and_evaluate``."""
+  import orbax.checkpoint as ocp
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  sub = "best" if which == "best" else "checkpoints"
+  path = os.path.abspath(os.path.join(workdir, sub))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoints in {path}")
+  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoints in {path}")
+  mods = make_modules(config, bn_axis_name=None)
+  return config, restore_state(manager, init_state(config, mods))
+
+
+# ---------------------------------------------------------------------------------------- the loop
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def _check_config(config) -> None:
+  if config.use_sc or config.use_cyc:
+    if not config.data.train_2d:
+      raise ValueError("config.data.train_2d is empty but the variant uses the 2D-only stream (cyc/sc)")
+  if not config.data.train_3d:
+    raise ValueError("config.data.train_3d is empty: name the 3D-labelled training data (see configs/2dasl.py)")
+  if not config.bfm_dir:
+    raise ValueError("config.bfm_dir is empty: a 3DDFA-format folder (train.configs) or 'synthetic'")
+  if config.stage not in (1, 2):
+    raise ValueError(f"config.stage must be 1 or 2, got {config.stage}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates on ``config.data.dev``.
+
+  Returns the last evaluation (``{"nme_2d_68": {...}, "step": int}``); also written to
+  ``workdir/results.json``. Raises ``NonFiniteLoss`` (after keeping the last good checkpoint) on NaN/Inf.
+  """
+  from datasets import augment, registry
+  from datasets.pipeline import Loader
+  from jface.writers import MetricWriter
+
+  _check_config(config)
+  if config.distributed:
+    jax.distributed.initialize()
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+  face = bfm_lib.load_model(config.bfm_dir, dense_bases_dir=config.dense_bases_dir or None)
+  uses_2d = config.use_cyc or config.use_sc
+  src3d = registry.build_source(config.data.train_3d, face)
+  src2d = registry.build_source(config.data.train_2d, face) if uses_2d else None
+  dev = registry.build_source(config.data.dev, face) if config.data.dev else None
+  if dev is not None and config.data.dev_size:
+    dev = _Subset(dev, config.data.dev_size)
+
+  mesh = parallel.make_mesh(config.num_devices or None)
+  nproc = jax.process_count()
+  aug = augment.AugmentConfig(enabled=bool(config.data.augment))
+  mk = lambda src, bs, seed, name: Loader(src, bs // nproc, seed, model=face, augment_cfg=aug,
+                                          num_threads=config.data.num_threads,
+                                          landmark_noise_px=config.data.landmark_noise_px, name=name)
+  loader3d = mk(src3d, config.batch_size, config.seed * 1000 + 1 + jax.process_index(), "train_3d")
+  loader2d = mk(src2d, config.batch_size_2d, config.seed * 1000 + 2 + jax.process_index(), "train_2d") \
+      if uses_2d else None
+
+  mods = make_modules(config)
+  state = init_state(config, mods)
+  latest, best = _managers(workdir, config)
+  writer = MetricWriter(workdir, config.num_steps, tensorboard=config.tensorboard)
+  start = 0
+  if latest.latest_step() is not None:
+    state = restore_state(latest, state)
+    start = int(state.step)
+    writer.log(f"resuming from step {start} ({latest.directory})")
+  elif config.init_from:
+    _, init = load_checkpoint(config.init_from)
+    state = state.replace(params=init.params, batch_stats=init.batch_stats)
+    writer.log(f"initialised the regressor from {config.init_from} (step {int(init.step)})")
+  state = parallel.replicate(state, mesh)
+  face_r = parallel.replicate(face, mesh)
+  step_fn = parallel.data_parallel(make_train_step(config, mods), mesh, n_replicated=2, n_sharded=2)
+  predict = make_predict_fn(mods, config.use_flm)
+  images_per_step = config.batch_size + (config.batch_size_2d if uses_2d else 0)
+  writer.log(f"jface 2DASL: variant={config.variant} model={config.model} stage={config.stage} "
+             f"devices={mesh.devices.size} steps {start}->{config.num_steps} workdir={workdir}")
+
+  it3 = loader3d.iter_from(start, num_steps=config.num_steps - start)
+  it2 = loader2d.iter_from(start, num_steps=config.num_steps - start) if uses_2d else None
+  result = {}
+  fields = ("image", "params", "landmarks", "flm_landmarks", "landmarks_mask")
+  try:
+    for step in range(start, config.num_steps):
+      b3 = next(it3)
+      b2 = next(it2) if uses_2d else b3
+      b3 = parallel.shard_batch({k: b3[k] for k in fields}, mesh)
+      b2 = parallel.shard_batch({k: b2[k] for k in fields}, mesh) if uses_2d else b3
+      state, metrics = step_fn(state, face_r, b3, b2)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      done = step + 1
+      if not np.isfinite(metrics["loss"]):
+        latest.wait_until_finished()
+        raise NonFiniteLoss(f"non-finite loss at step {done} ({metrics}); stopped. The last good checkpoint "
+                            f"(step {latest.latest_step()}) is kept in {latest.directory}")
+      if done % config.log_every == 0 or done == config.num_steps:
+        metrics["lr"] = _lr(config, done)
+        writer.write_scalars(done, metrics)
+        writer.progress(done, metrics, images_per_step)
+      if done % config.checkpoint_every == 0 or done == config.num_steps:
+        latest.save(done, args=_save_args(state))
+      if dev is not None and (done % config.eval_every == 0 or done == config.num_steps):
+        pw, batch = predict_source(predict, state, dev)
+        ev = evaluate_predictions(face, pw, batch)
+        nme = ev["nme_2d_68"]
+        writer.write_scalars(done, {"nme_mean_of_bins": nme["mean_of_bins"], "nme_overall": nme["overall"]},
+                             prefix="dev")
+        writer.log(f"dev @ {done}: NME bins {' / '.join(f'{b:.3f}' for b in nme['bins'])}, "
+                   f"mean of bins {nme['mean_of_bins']:.3f}, overall {nme['overall']:.3f} (n={nme['n']})")
+        best.save(done, args=_save_args(state), metrics={"dev_nme": nme["mean_of_bins"]})
+        result = {"nme_2d_68": nme, "step": done}
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+          json.dump(result, f, indent=2)
+  finally:
+    latest.wait_until_finished()
+    latest.close()
+    best.close()
+    writer.close()
+    for name, ld in (("train_3d", loader3d), ("train_2d", loader2d)):
+      if ld is not None and ld.stats["bad"]:
+        print(f"{name}: skipped {ld.stats['bad']} unreadable examples ({ld.stats['replaced']} draws replaced)")
+  return result
+
+
+def _save_args(state):
+  import orbax.checkpoint as ocp
+  return ocp.args.StandardSave(state)
+
+
+def _lr(config, step: int) -> float:
+  o = config.optimizer
+  return float(o.learning_rate * o.decay_rate ** (step / o.decay_steps))
+
+
+class _Subset:
+  def __init__(self, source, n: int):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return self.source[i]
