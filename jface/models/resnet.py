@@ -1,0 +1,135 @@
+"""ResNet regressors (NHWC) in two layouts.
+
+``layout="2dasl"`` is the network of 2DASL's released model (resnet_xgtu_4chls): the last stage keeps
+stride 1 and the head is ``AvgPool(7, stride 2)`` (VALID) + flatten + Dense. For a 120 x 120 input the maps are
+stem conv 7x7/2 -> 60, max-pool 3/2 -> 30, stage 1 -> 30, stage 2 (/2) -> 15, stage 3 (/2) -> 8, stage 4 (/1) -> 8,
+avg-pool 7/2 -> 1 x 1, so the head sees 512 * expansion features (≈1.96 GMAC for ResNet-50, 4 channels).
+``layout="standard"`` is torchvision's: stage 4 has stride 2 (8 -> 4) and global average pooling (≈1.27 GMAC).
+In both, the stride of a bottleneck block sits on its 3x3 conv ("v1.5"), and a 1x1 conv + BN projection is used
+when the stride or the width changes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jface.models import layers
+
+LAYOUTS = ("2dasl", "standard")
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34). Output channels = ``features``."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_residual: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name, zero=False: layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name,
+                                                    zero_scale=zero, name=name)
+    y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(bn("bn1")(y))
+    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = bn("bn2", self.zero_init_residual)(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = layers.conv(self.features, 1, self.stride, dtype=self.dtype, name="proj_conv")(x)
+      x = bn("proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride) -> 1x1 (x4) bottleneck (ResNet-50+). Output channels = 4 * ``features``."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_residual: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name, zero=False: layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name,
+                                                    zero_scale=zero, name=name)
+    out = self.features * self.expansion
+    y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(bn("bn1")(y))
+    y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(bn("bn2")(y))
+    y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
+    y = bn("bn3", self.zero_init_residual)(y)
+    if self.stride != 1 or x.shape[-1] != out:
+      x = layers.conv(out, 1, self.stride, dtype=self.dtype, name="proj_conv")(x)
+      x = bn("proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet regressor: (B, H, W, C) float images -> (B, num_outputs) float32.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (3, 4, 6, 3).
+    block_cls: ``BasicBlock`` or ``Bottleneck``.
+    num_outputs: regression outputs (62 whitened 3DMM params).
+    layout: "2dasl" (last stage stride 1, AvgPool(7, 2) head; needs a final map >= 7; inputs of
+      97..128 px give a 1 x 1 map, larger ones a bigger flattened feature) or "standard" (torchvision: last
+      stage stride 2, global average pool).
+    num_filters: width of the stem / first stage (64 for the real nets; small values for tests).
+    in_channels: if set, inputs with another channel count raise ValueError (4 = RGB + landmark map).
+    dtype: computation dtype (params stay float32; the output is cast to float32).
+    bn_axis_name: mapped axis over which batch-norm statistics are averaged (e.g. "data" inside
+      ``jax.shard_map``); None for per-call statistics.
+    zero_init_residual: zero-init the scale of each block's last BN (each block starts as the identity).
+  """
+  stage_sizes: Sequence[int]
+  block_cls: Callable[..., nn.Module]
+  num_outputs: int = 62
+  layout: str = "2dasl"
+  num_filters: int = 64
+  in_channels: int | None = None
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_residual: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"unknown ResNet layout {self.layout!r}; expected one of {LAYOUTS}")
+    layers.check_input(x, self.in_channels, "ResNet")
+    x = jnp.asarray(x, self.dtype)
+    x = layers.conv(self.num_filters, 7, 2, dtype=self.dtype, name="stem_conv")(x)
+    x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name, name="stem_bn")(x)
+    x = layers.max_pool_3x3_s2(nn.relu(x))
+    last = len(self.stage_sizes) - 1
+    for i, n_blocks in enumerate(self.stage_sizes):
+      # Stages after the first halve the map in their first block, except the last stage of "2dasl".
+      stage_stride = 1 if i == 0 or (i == last and self.layout == "2dasl") else 2
+      for j in range(n_blocks):
+        stride = stage_stride if j == 0 else 1
+        x = self.block_cls(self.num_filters * 2 ** i, stride, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                           zero_init_residual=self.zero_init_residual, name=f"stage{i + 1}_block{j + 1}")(x, train)
+    if self.layout == "2dasl":
+      if x.shape[1] < 7 or x.shape[2] < 7:
+        raise ValueError(f"layout '2dasl' needs a final feature map of at least 7x7 (AvgPool(7, stride 2)), "
+                         f"got {x.shape[1]}x{x.shape[2]}; use larger inputs (e.g. 120x120) or layout='standard'")
+      x = nn.avg_pool(x, (7, 7), strides=(2, 2), padding="VALID")
+      x = x.reshape(x.shape[0], -1)
+    else:
+      x = jnp.mean(x, axis=(1, 2))
+    x = layers.head(self.num_outputs, self.dtype)(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+def ResNet18(num_outputs: int = 62, layout: str = "2dasl", **kw) -> ResNet:
+  """ResNet-18 (basic blocks, 2-2-2-2)."""
+  return ResNet(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, num_outputs=num_outputs, layout=layout, **kw)
+
+
+def ResNet50(num_outputs: int = 62, layout: str = "2dasl", **kw) -> ResNet:
+  """ResNet-50 (bottleneck blocks, 3-4-6-3); layout "2dasl" is 2DASL's regressor."""
+  return ResNet(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, num_outputs=num_outputs, layout=layout, **kw)

@@ -1,0 +1,143 @@
+"""Training system: data-parallel equivalence, exact resume, NaN stop, config errors (tiny models, few steps)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jface import parallel, train_lib
+from jface.bfm import MissingAssetError
+from tests.helpers.fakes import ROOT, fake_batch, fake_config, load_config, random_face_model
+
+
+def tiny_smoke(num_steps=4, **data):
+  c = load_config("smoke")
+  c.model_kwargs = {"channels": (8, 16)}
+  c.encoder_kwargs = {"channels": (8, 8, 8, 8, 8, 8)}
+  c.critic_kwargs = {"dropout_rate": 0.0}
+  c.data.train_3d, c.data.train_2d, c.data.dev = "synthetic:64:0", "synthetic2d:64:1", "synthetic:16:7"
+  c.data.num_threads = 1
+  c.batch_size = c.batch_size_2d = 4
+  c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = num_steps, 1, 1, num_steps
+  c.tensorboard = False
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def test_four_devices_equal_one_device():
+  """One step on 4 forced CPU devices == one step on 1 device on the same global batch (subprocess)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "dp_equivalence.py")],
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [ln for ln in out.stdout.splitlines() if ln.startswith("max_rel_diff")][-1]
+  params, batch_stats, adv, metrics = map(float, line.split()[1:])
+  assert params < 1e-5 and batch_stats < 1e-5 and metrics < 1e-5, line
+  assert adv < 5e-4, line  # Adam normalises tiny critic gradients, amplifying float noise
+
+
+@pytest.mark.parametrize("variant", ["base", "cyc", "sc"])
+def test_variants_step_and_losses(variant):
+  """Each ablation computes exactly its paper terms and takes a finite step on 1 device."""
+  config = fake_config(variant)
+  mesh = parallel.make_mesh(1)
+  mods = train_lib.make_modules(config)
+  state = parallel.replicate(train_lib.init_state(config, mods, image_size=32), mesh)
+  step = parallel.data_parallel(train_lib.make_train_step(config, mods), mesh, 2, 2, donate=False)
+  b3, b2 = fake_batch(4, 1, True), fake_batch(4, 2, False)
+  new, metrics = step(state, parallel.replicate(random_face_model(), mesh), parallel.shard_batch(b3, mesh),
+                      parallel.shard_batch(b2, mesh))
+  want = {"base": {"l3d", "loss"}, "cyc": {"l3d", "l2d_con", "l3d_con", "cyc", "loss"},
+          "sc": {"l3d", "sc", "critic", "loss"}}[variant]
+  assert set(metrics) == want
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert int(new.step) == 1
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                 new.params, state.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def _final_params(workdir):
+  _, state = train_lib.load_checkpoint(str(workdir))
+  return state
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+  """Interrupted after step 2 then rerun == uninterrupted run (same data order, same parameters)."""
+  full = tmp_path / "full"
+  train_lib.train_and_evaluate(tiny_smoke(4), str(full))
+
+  real = parallel.data_parallel
+
+  def crashing(*a, **k):
+    f = real(*a, **k)
+    calls = []
+
+    def g(*args):
+      if len(calls) == 2:
+        raise KeyboardInterrupt("simulated kill")
+      calls.append(1)
+      return f(*args)
+    return g
+
+  part = tmp_path / "part"
+  monkeypatch.setattr(parallel, "data_parallel", crashing)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train_and_evaluate(tiny_smoke(4), str(part))
+  monkeypatch.setattr(parallel, "data_parallel", real)
+  res = train_lib.train_and_evaluate(tiny_smoke(4), str(part))
+  a, b = _final_params(full), _final_params(part)
+  assert int(a.step) == int(b.step) == 4
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.adv_params)),
+                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.adv_params))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  steps = [json.loads(ln)["step"] for ln in open(part / "metrics.jsonl") if '"train"' in ln]
+  assert steps == [1, 2, 3, 4]  # the rerun started at 3
+  assert res["step"] == 4 and set(res["nme_2d_68"]) >= {"bins", "mean_of_bins", "overall", "n"}
+  assert json.load(open(part / "results.json"))["nme_2d_68"]["n"] == 16
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  real = train_lib.make_train_step
+
+  def poisoned(config, mods):
+    step = real(config, mods)
+
+    def f(state, face, b3, b2):
+      new, m = step(state, face, b3, b2)
+      m = dict(m, loss=jax.numpy.where(new.step >= 3, np.nan, m["loss"]))
+      return new, m
+    return f
+
+  monkeypatch.setattr(train_lib, "make_train_step", poisoned)
+  c = tiny_smoke(6)
+  c.checkpoint_every = 2
+  with pytest.raises(train_lib.NonFiniteLoss, match="non-finite loss at step 3.*step 2"):
+    train_lib.train_and_evaluate(c, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="unknown variant"):
+    load_config("nope")
+  c = tiny_smoke(2, train_3d="crops:/nonexistent/dir")
+  with pytest.raises(MissingAssetError, match="/nonexistent/dir"):
+    train_lib.train_and_evaluate(c, "/tmp/unused-jface-workdir")
+  c = tiny_smoke(2, train_2d="")
+  with pytest.raises(ValueError, match="train_2d"):
+    train_lib.train_and_evaluate(c, "/tmp/unused-jface-workdir")
+
+
+def test_train_py_reports_one_line(tmp_path):
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/2dasl.py:smoke",
+                        "--workdir", str(tmp_path), "--config.bfm_dir=/nonexistent/3dmm"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 2
+  err = [ln for ln in out.stderr.splitlines() if ln.strip()]
+  assert len(err) == 1 and err[0].startswith("error: missing 3DMM folder /nonexistent/3dmm"), out.stderr
