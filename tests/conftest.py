@@ -44,3 +44,11 @@ def wild_dir() -> pathlib.Path:
 def bfm(bfm_dir):
   from jface import bfm as bfm_lib
   return bfm_lib.load_3ddfa(str(bfm_dir))
+
+
+def pytest_configure(config):
+  """Identical computations (e.g. the same train step in the resume test's three runs) compile once."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.environ.get("JFACE_JAX_CACHE", "/tmp/jface-jax-test-cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
