@@ -1,0 +1,320 @@
+"""evaluate.py / jface.evaluation: the AFLW2000-3D oracle table, bad inputs, synthetic, AFLW-21, checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from jface import evaluation as E
+from jface import metrics
+from tests.helpers.fakes import ROOT, load_config
+
+ORACLE = dict(bins=(2.6548, 3.3461, 4.3882), mean=3.4631, overall=3.2610, reannotated=2.9506, fan=5.4962)
+
+
+def run_cli(argv):
+  """main(argv) in-process -> (exit code, logged lines)."""
+  lines = []
+  rc = E.main([str(a) for a in argv], log=lambda s="": lines.extend(str(s).splitlines()))
+  return rc, lines
+
+
+def load_json(out):
+  with open(os.path.join(out, "results.json")) as f:
+    return json.load(f)
+
+
+def read_csv(out):
+  with open(os.path.join(out, "per_image.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def meta(dev_dir):
+  with np.load(os.path.join(dev_dir, "meta.npz")) as z:
+    return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def released_npy(meta, tmp_path_factory):
+  path = tmp_path_factory.mktemp("pred") / "released.npy"
+  np.save(path, meta["released_2dasl_params"])
+  return path
+
+
+@pytest.fixture(scope="module")
+def dev_run(dev_dir, bfm_dir, released_npy, tmp_path_factory):
+  out = tmp_path_factory.mktemp("dev_released")
+  rc, lines = run_cli(["--dataset", "aflw2000_3d", "--data_dir", dev_dir, "--predictions", released_npy,
+                       "--bfm_dir", bfm_dir, "--out", out])
+  return rc, lines, out
+
+
+# ------------------------------------------------------------------------------------- the oracle
+
+def test_help_subprocess():
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--help"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "--predictions" in out.stdout and "--checkpoint" in out.stdout and "aflw2000_3d" in out.stdout
+
+
+def test_dev_released_params_reproduce_the_oracle(dev_run, meta):
+  rc, lines, out = dev_run
+  assert rc == 0, lines
+  res = load_json(out)
+  s = res["nme_2d_68"]
+  np.testing.assert_allclose(s["bins"], ORACLE["bins"], atol=1e-3)
+  assert s["mean_of_bins"] == pytest.approx(ORACLE["mean"], abs=1e-3)
+  assert s["overall"] == pytest.approx(ORACLE["overall"], abs=1e-3)
+  assert s["n"] == 200 and res["n_failed"] == 0
+  for k in ("nme_2d_68", "nme_3d_68", "subset", "gt", "n_failed", "command"):
+    assert k in res, k
+  assert res["subset"] == "1998" and res["gt"] == "original" and "--predictions" in res["command"]
+  assert res["nme_3d_68"]["n"] == 200 and res["nme_3d_68"]["mean_of_bins"] > s["mean_of_bins"]
+  # the table is printed with the headline number; dense NME is skipped with a reason (no dense bases)
+  assert any("NME 2D 68" in ln and "3.4631" in ln for ln in lines), lines
+  assert any(ln.startswith("dense skipped:") and "dense" in ln for ln in lines), lines
+  rows = read_csv(out)
+  assert len(rows) == 200 and list(rows[0]) == ["name", "yaw", "nme_2d", "nme_3d", "status"]
+  assert [r["name"] for r in rows] == list(meta["names"])
+  e = np.array([float(r["nme_2d"]) for r in rows])
+  assert np.mean(e) == pytest.approx(ORACLE["overall"], abs=1e-3)
+  for png in ("ced.png", "best_worst.png"):
+    img = cv2.imread(os.path.join(out, png))
+    assert img is not None and img.shape[0] > 100 and img.shape[1] > 300, png
+
+
+def test_dev_reannotated_gt(dev_dir, bfm_dir, released_npy, tmp_path):
+  rc, lines = run_cli(["--data_dir", dev_dir, "--predictions", released_npy, "--gt", "reannotated",
+                       "--bfm_dir", bfm_dir, "--out", tmp_path])
+  res = load_json(tmp_path)
+  assert rc == 0 and res["gt"] == "reannotated"
+  assert res["nme_2d_68"]["mean_of_bins"] == pytest.approx(ORACLE["reannotated"], abs=1e-3)
+  assert res["nme_3d_68"] is None and any("nme 3d 68 skipped" in ln for ln in lines)
+
+
+def test_dev_fan_landmarks_npz(dev_dir, meta, tmp_path):
+  pred = tmp_path / "fan.npz"
+  np.savez(pred, names=meta["names"], landmarks=meta["fan_pts68_crop"])
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--out", tmp_path / "o"])
+  res = load_json(tmp_path / "o")
+  assert rc == 0
+  assert res["nme_2d_68"]["mean_of_bins"] == pytest.approx(ORACLE["fan"], abs=1e-3)
+
+
+# ------------------------------------------------------------------------------ original layout
+
+def _copy_original(dev_dir, names, dst):
+  folder = dst / "AFLW2000"
+  folder.mkdir(parents=True)
+  for n in names:
+    stem = os.path.splitext(n)[0]
+    for ext in (".jpg", ".mat"):
+      shutil.copy(os.path.join(dev_dir, "AFLW2000", stem + ext), folder / (stem + ext))
+  return folder
+
+
+def test_original_layout_matches_and_corrupt_files_are_failures(dev_dir, bfm_dir, meta, dev_run, tmp_path):
+  names = sorted(meta["names"][[0, 1, 2, 3]])
+  folder = _copy_original(dev_dir, names, tmp_path / "data")
+  idx = [list(meta["names"]).index(n) for n in names]
+  pred = tmp_path / "p.npy"  # .npy rows follow the sorted image names of the original layout
+  np.save(pred, meta["released_2dasl_params"][idx])
+  ref = {r["name"]: float(r["nme_2d"]) for r in read_csv(dev_run[2])}
+
+  rc, _ = run_cli(["--data_dir", tmp_path / "data", "--predictions", pred, "--bfm_dir", bfm_dir,
+                   "--out", tmp_path / "o1"])
+  assert rc == 0 and load_json(tmp_path / "o1")["layout"] == "original"
+  got = {r["name"]: float(r["nme_2d"]) for r in read_csv(tmp_path / "o1")}
+  assert set(got) == set(names)
+  for n in names:  # the box from pt3d_68 and the yaw from Pose_Para give the benchmark numbers
+    assert got[n] == pytest.approx(ref[n], abs=1e-4)
+
+  mat = folder / (os.path.splitext(names[0])[0] + ".mat")
+  mat.write_bytes(mat.read_bytes()[:200])
+  jpg = folder / names[1]
+  jpg.write_bytes(jpg.read_bytes()[:1000])
+  rc, lines = run_cli(["--data_dir", tmp_path / "data", "--predictions", pred, "--bfm_dir", bfm_dir,
+                       "--out", tmp_path / "o2"])
+  res = load_json(tmp_path / "o2")
+  assert rc == 0 and res["n_failed"] == 2 and res["nme_2d_68"]["n"] == 2
+  assert res["failures"] == {"unreadable input": 2}
+  rows = {r["name"]: r for r in read_csv(tmp_path / "o2")}
+  assert rows[names[0]]["nme_2d"] == "" and ".mat" in rows[names[0]]["status"]
+  assert "truncated JPEG" in rows[names[1]]["status"]
+  assert float(rows[names[2]]["nme_2d"]) == pytest.approx(ref[names[2]], abs=1e-4)
+  assert any(ln.startswith("failures: 2") for ln in lines), lines
+  assert any("NME 2D 68" in ln for ln in lines)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def _err_line(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  return err[0]
+
+
+def test_wrong_shape_npy(dev_dir, bfm_dir, tmp_path, capsys):
+  pred = tmp_path / "bad.npy"
+  np.save(pred, np.zeros((200, 61), np.float32))
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  assert rc == 2 and "(200, 61)" in _err_line(capsys)
+  np.save(pred, np.zeros((150, 62), np.float32))
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  assert rc == 2 and "150 rows" in _err_line(capsys)
+
+
+def test_unknown_and_missing_names(dev_dir, bfm_dir, meta, tmp_path, capsys):
+  names = list(meta["names"][:10]) + ["nope1.jpg", "nope2.jpg"]
+  pred = tmp_path / "u.npz"
+  np.savez(pred, names=names, params=np.zeros((12, 62), np.float32))
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  line = _err_line(capsys)
+  assert rc == 2 and "nope1.jpg" in line and "nope2.jpg" in line and "2 of 12" in line
+
+  np.savez(pred, names=meta["names"][:150], params=meta["released_2dasl_params"][:150])
+  rc, lines = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  res = load_json(tmp_path)
+  assert rc == 0 and res["n_failed"] == 50 and res["nme_2d_68"]["n"] == 150
+  assert res["failures"] == {"missing prediction": 50}
+  assert any("50 of 200 images have no prediction" in ln for ln in lines), lines
+
+
+def test_nan_rows_are_counted_failures(dev_dir, bfm_dir, meta, tmp_path):
+  p = meta["released_2dasl_params"].copy()
+  p[[0, 5, 7]] = np.nan
+  p[9, 3] = np.inf
+  pred = tmp_path / "nan.npy"
+  np.save(pred, p)
+  rc, lines = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  res = load_json(tmp_path)
+  assert rc == 0 and res["n_failed"] == 4 and res["nme_2d_68"]["n"] == 196
+  assert res["failures"] == {"non-finite prediction": 4}
+  assert any(ln.startswith("NME 2D 68") for ln in lines) and any(ln.startswith("failures: 4") for ln in lines)
+  rows = read_csv(tmp_path)
+  assert rows[0]["status"] == "non-finite prediction" and rows[0]["nme_2d"] == ""
+  # the failures are excluded from the means: the mean of the other 196 images
+  e = np.array([float(r["nme_2d"]) for r in rows if r["nme_2d"]])
+  assert res["nme_2d_68"]["overall"] == pytest.approx(e.mean(), abs=1e-5)
+
+
+def test_all_nan_is_nonzero_exit(dev_dir, bfm_dir, tmp_path):
+  pred = tmp_path / "allnan.npy"
+  np.save(pred, np.full((200, 62), np.nan, np.float32))
+  rc, lines = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--out", tmp_path])
+  assert rc == 1 and any("nothing could be evaluated" in ln for ln in lines)
+  assert load_json(tmp_path)["n_failed"] == 200
+
+
+def test_missing_data_dir_and_bfm(tmp_path, released_npy, dev_dir, capsys):
+  rc, _ = run_cli(["--data_dir", tmp_path / "nowhere", "--predictions", released_npy, "--out", tmp_path])
+  assert rc == 2 and "missing data folder" in _err_line(capsys)
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", released_npy, "--bfm_dir", tmp_path / "no3dmm",
+                   "--out", tmp_path])
+  assert rc == 2 and "no3dmm" in _err_line(capsys)
+  rc, _ = run_cli(["--data_dir", dev_dir, "--predictions", tmp_path / "none.npy", "--out", tmp_path])
+  assert rc == 2 and "none.npy" in _err_line(capsys)
+
+
+def test_dense_and_icp_with_dense_bases(dev_dir, bfm_dir, meta, tmp_path):
+  """With dense bases (zeros here: the real ones are not shipped), predictions equal to the .mat fits give
+  dense and ICP NME ~ 0 through the whole AFLW2000-3D path (GT params from the .mat in the meta boxes)."""
+  from datasets import common, mat_layout
+  from jface import bfm as bfm_lib
+  face = bfm_lib.load_3ddfa(str(bfm_dir), dense=False)
+  for name, k in (("w_shp_sim.npy", 40), ("w_exp_sim.npy", 10)):
+    np.save(tmp_path / name, np.zeros((53215 * 3, k), np.float32))
+  names = meta["names"][:3]
+  gt = [mat_layout.mat_to_params(common.read_mat(os.path.join(dev_dir, "AFLW2000", n[:-4] + ".mat")),
+                                 meta["roi_box"][i], 450, face) for i, n in enumerate(names)]
+  pred = tmp_path / "fit.npz"
+  np.savez(pred, names=names, params=np.stack(gt))
+  rc, lines = run_cli(["--data_dir", dev_dir, "--predictions", pred, "--bfm_dir", bfm_dir, "--dense_bases_dir",
+                       tmp_path, "--limit", 3, "--out", tmp_path / "o"])
+  res = load_json(tmp_path / "o")
+  assert rc == 0 and "dense_note" in res and "dense" not in res["skipped"]
+  for k in ("nme_dense_2d", "nme_dense_3d", "nme_icp"):
+    assert res[k]["n"] == 3 and res[k]["overall"] < 1e-3, (k, res[k])
+  assert any(ln.startswith("NME ICP 3D recon") for ln in lines)
+
+
+# ----------------------------------------------------------------------------- synthetic and AFLW
+
+def test_synthetic_exact_params_give_zero_error(tmp_path):
+  from datasets.synthetic import SyntheticFaces
+  src = SyntheticFaces(6, seed=3)
+  pred = tmp_path / "gt.npz"
+  np.savez(pred, names=[f"synthetic_{i:06d}" for i in range(6)], params=np.stack([src[i]["params"] for i in range(6)]))
+  rc, lines = run_cli(["--dataset", "synthetic", "--num", 6, "--seed", 3, "--predictions", pred,
+                       "--out", tmp_path / "o"])
+  res = load_json(tmp_path / "o")
+  assert rc == 0 and res["nme_2d_68"]["n"] == 6 and res["dataset"] == "synthetic"
+  for k in ("nme_2d_68", "nme_3d_68", "nme_dense_2d", "nme_dense_3d", "nme_icp"):
+    assert res[k]["overall"] < 1e-3, (k, res[k])
+  assert os.path.exists(tmp_path / "o" / "best_worst.png")
+
+
+def test_aflw_21_points(wild_dir, tmp_path):
+  with np.load(os.path.join(wild_dir, "meta.npz")) as z:
+    names, boxes, pts21, yaw = z["names"][:12], z["roi_box"][:12], z["pts21"][:12], z["yaw"][:12]
+  rng = np.random.default_rng(0)
+  lm = rng.uniform(30, 90, (12, 68, 2))
+  pred = tmp_path / "lm.npz"
+  np.savez(pred, names=names, landmarks=lm)
+  rc, _ = run_cli(["--dataset", "aflw", "--data_dir", wild_dir, "--predictions", pred, "--limit", 12,
+                   "--out", tmp_path / "o"])
+  res = load_json(tmp_path / "o")
+  want = metrics.aflw_nme(lm, boxes, pts21, yaw)
+  assert rc == 0 and "nme_2d_21" in res and res["nme_2d_21"]["n"] == 12
+  assert res["nme_2d_21"]["mean_of_bins"] == pytest.approx(want["summary"]["mean_of_bins"], rel=1e-9)
+  got = np.array([float(r["nme_2d"]) for r in read_csv(tmp_path / "o")])
+  np.testing.assert_allclose(got, want["nme"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A 2-step tiny_cnn run of configs/2dasl.py:smoke (L3d only, no dev eval)."""
+  from jface import train_lib
+  c = load_config("smoke")
+  c.num_steps = c.checkpoint_every = 2
+  c.use_cyc = c.use_sc = False
+  c.model_kwargs = {"channels": (8, 16)}
+  c.batch_size, c.data.num_threads, c.data.augment, c.tensorboard = 2, 1, False, False
+  c.data.train_3d, c.data.train_2d, c.data.dev = "synthetic:4:0", "", ""
+  wd = tmp_path_factory.mktemp("ckpt")
+  train_lib.train_and_evaluate(c, str(wd))
+  return wd
+
+
+def test_checkpoint_synthetic_matches_train_lib(workdir, tmp_path):
+  """--flm gt reproduces train_lib's own dev evaluation (predict_source + evaluate_predictions)."""
+  from datasets.synthetic import SyntheticFaces
+  from jface import bfm, train_lib
+  rc, lines = run_cli(["--dataset", "synthetic", "--num", 4, "--seed", 5, "--checkpoint", workdir, "--flm", "gt",
+                       "--out", tmp_path])
+  res = load_json(tmp_path)
+  assert rc == 0 and res["checkpoint"] == str(workdir) and res["nme_2d_68"]["n"] == 4
+  config, state = train_lib.load_checkpoint(str(workdir))
+  face = bfm.load_model("synthetic")
+  predict = train_lib.make_predict_fn(train_lib.make_modules(config, bn_axis_name=None), config.use_flm)
+  pw, batch = train_lib.predict_source(predict, state, SyntheticFaces(4, seed=5, model=face))
+  want = train_lib.evaluate_predictions(face, pw, batch)["nme_2d_68"]
+  assert res["nme_2d_68"]["overall"] == pytest.approx(want["overall"], rel=1e-4)
+
+
+def test_checkpoint_on_dev_uses_detector_landmarks(workdir, dev_dir, tmp_path):
+  rc, lines = run_cli(["--data_dir", dev_dir, "--checkpoint", workdir, "--limit", 6, "--out", tmp_path])
+  res = load_json(tmp_path)
+  assert rc == 0 and res["nme_2d_68"]["n"] == 6 and np.isfinite(res["nme_2d_68"]["overall"])
+  assert any("fan_pts68_crop" in ln for ln in lines), lines
