@@ -3,9 +3,12 @@ r"""Evaluates predictions or a checkpoint on AFLW2000-3D / AFLW / synthetic face
   python evaluate.py --dataset aflw2000_3d --data_dir ../shared/data/aflw2000_3d_dev \
       (--predictions FILE | --checkpoint WORKDIR) --out OUTDIR
 """
+import os
 import sys
 
-from jface.evaluation import main
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see train.py; must precede numpy's import
+
+from jface.evaluation import main  # noqa: E402
 
 if __name__ == "__main__":
   sys.exit(main())

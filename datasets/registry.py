@@ -38,6 +38,26 @@ class HideParams:
     return ex
 
 
+class Cached:
+  """Memoises ``source[i]`` (thread-safe enough: a race only renders an example twice). For small synthetic
+  sets, so a few-minute run renders each face once and then only pays for augmentation."""
+
+  def __init__(self, source):
+    self.source, self._memo = source, {}
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = self._memo.get(i)
+    if ex is None:
+      ex = self._memo[i] = self.source[i]
+    return ex
+
+
+CACHE_LIMIT = 2048  # synthetic sets up to this size are kept in memory (~45 KB per example)
+
+
 def _need_dir(path: str, spec: str) -> str:
   if not os.path.isdir(path):
     raise MissingAssetError(f"missing data folder {path} (from data spec {spec!r})")
@@ -56,6 +76,7 @@ def build_source(spec: str, model=None):
       raise ValueError(f"data spec {spec!r}: expected {kind}:N[:SEED]")
     src = SyntheticFaces(int(args[0]), seed=int(args[1]) if len(args) > 1 else 0,
                          model=model if model is not None and model.name == "synthetic" else None)
+    src = Cached(src) if len(src) <= CACHE_LIMIT else src
     return HideParams(src) if kind == "synthetic2d" else src
   if kind == "crops":
     from datasets.crops_layout import CropsLayoutSource

@@ -309,10 +309,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_config(config)
   if config.distributed:
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-
   face = bfm_lib.load_model(config.bfm_dir, dense_bases_dir=config.dense_bases_dir or None)
   uses_2d = config.use_cyc or config.use_sc
   src3d = registry.build_source(config.data.train_3d, face)
@@ -320,6 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dev = registry.build_source(config.data.dev, face) if config.data.dev else None
   if dev is not None and config.data.dev_size:
     dev = _Subset(dev, config.data.dev_size)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
 
   mesh = parallel.make_mesh(config.num_devices or None)
   nproc = jax.process_count()
@@ -388,6 +387,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(result, f, indent=2)
   finally:
+    for it in (it3, it2):
+      if it is not None:
+        it.close()
     latest.wait_until_finished()
     latest.close()
     best.close()

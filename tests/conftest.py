@@ -2,6 +2,8 @@
 import os
 import pathlib
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: BLAS threads only contend with data threads
+
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

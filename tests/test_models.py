@@ -351,3 +351,14 @@ def test_residual_blocks_zero_init_is_shortcut():
   chex.assert_shape(y2, (2, 3, 3, 4))
   shortcut = upd2["intermediates"]["proj_bn"]["__call__"][0]
   np.testing.assert_allclose(y2, jax.nn.relu(shortcut), atol=1e-6)
+
+
+def test_tiny_cnn_flatten_head_and_stem():
+  """pool="flatten" keeps the spatial map: 120 px with a 4/2 stem then one 3x3/2 conv -> 15 x 15 x C."""
+  m = M.TinyCNN(channels=(4, 8), stem_kernel=5, stem_stride=4, pool="flatten")
+  x = jnp.zeros((2, 120, 120, 4))
+  shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x))
+  assert shapes["params"]["head"]["kernel"].shape == (15 * 15 * 8, 62)
+  assert shapes["params"]["conv1"]["kernel"].shape == (5, 5, 4, 4)
+  with pytest.raises(ValueError, match="pool"):
+    M.TinyCNN(pool="max").init(jax.random.PRNGKey(0), x)

@@ -17,6 +17,7 @@ from tests.helpers.fakes import ROOT, fake_batch, fake_config, load_config, rand
 
 def tiny_smoke(num_steps=4, **data):
   c = load_config("smoke")
+  c.model = "tiny_cnn"
   c.model_kwargs = {"channels": (8, 16)}
   c.encoder_kwargs = {"channels": (8, 8, 8, 8, 8, 8)}
   c.critic_kwargs = {"dropout_rate": 0.0}
