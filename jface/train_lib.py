@@ -343,6 +343,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _, init = load_checkpoint(config.init_from)
     state = state.replace(params=init.params, batch_stats=init.batch_stats)
     writer.log(f"initialised the regressor from {config.init_from} (step {int(init.step)})")
+  if start >= config.num_steps:
+    writer.log(f"{workdir} is already trained to step {start} (num_steps={config.num_steps}); nothing to do")
+    writer.close()
+    latest.close()
+    best.close()
+    path = os.path.join(workdir, "results.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
   state = parallel.replicate(state, mesh)
   face_r = parallel.replicate(face, mesh)
   step_fn = parallel.data_parallel(make_train_step(config, mods), mesh, n_replicated=2, n_sharded=2)
