@@ -289,6 +289,7 @@ def workdir(tmp_path_factory):
   c = load_config("smoke")
   c.num_steps = c.checkpoint_every = 2
   c.use_cyc = c.use_sc = False
+  c.model = "tiny_cnn"
   c.model_kwargs = {"channels": (8, 16)}
   c.batch_size, c.data.num_threads, c.data.augment, c.tensorboard = 2, 1, False, False
   c.data.train_3d, c.data.train_2d, c.data.dev = "synthetic:4:0", "", ""
