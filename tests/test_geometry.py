@@ -9,19 +9,7 @@ import pytest
 
 from jface import bfm as bfm_lib
 from jface import geometry as g
-
-
-def random_model(seed=0) -> bfm_lib.FaceModel:
-  """A small BFM-shaped model with realistic magnitudes (no data needed)."""
-  rng = np.random.default_rng(seed)
-  pts = rng.normal(size=(68, 3)) * [6e4, 7e4, 3e4]
-  mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 70, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
-  std = np.array([2e-4, 3e-4, 3e-4, 20, 2.5e-4, 2e-4, 2e-4, 15, 3.6e-4, 1e-4, 1.5e-4, 18]
-                 + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
-  f = lambda a: jnp.asarray(a, jnp.float32)
-  return bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
-                           w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
-                           param_std=f(std), name="random").check()
+from tests.helpers.fakes import random_face_model
 
 
 def np_landmarks(model, pw):
@@ -46,7 +34,7 @@ def np_rot(yaw, pitch, roll):
 
 @pytest.fixture(scope="module")
 def model():
-  return random_model()
+  return random_face_model()
 
 
 def test_whiten_roundtrip(model):

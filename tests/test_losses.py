@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers.fakes import random_face_model
 from jface import bfm as bfm_lib
 from jface import losses as L
 
@@ -17,27 +18,9 @@ B = 3
 
 # ------------------------------------------------------------------------------------ fixtures
 
-def _random_model(seed=0, n_dense=0) -> bfm_lib.FaceModel:
-  """A BFM-shaped model with realistic magnitudes (no data needed); optional tiny dense part."""
-  rng = np.random.default_rng(seed)
-  pts = rng.normal(size=(68, 3)) * [6e4, 7e4, 3e4]
-  mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 70, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
-  std = np.array([2e-4, 3e-4, 3e-4, 20, 2.5e-4, 2e-4, 2e-4, 15, 3.6e-4, 1e-4, 1.5e-4, 18]
-                 + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
-  f = lambda a: jnp.asarray(a, jnp.float32)
-  kw = {}
-  if n_dense:
-    kw = dict(u_dense=f(rng.normal(size=3 * n_dense) * 6e4), w_shp_dense=f(rng.normal(size=(3 * n_dense, 40)) * 0.02),
-              w_exp_dense=f(rng.normal(size=(3 * n_dense, 10)) * 500), tex=f(np.full((n_dense, 3), 0.5)),
-              keypoints=jnp.arange(68, dtype=jnp.int32))
-  return bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
-                           w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
-                           param_std=f(std), name="random", **kw).check()
-
-
 @pytest.fixture(scope="module")
 def model():
-  return _random_model()
+  return random_face_model()
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +184,7 @@ def test_vertex_distance_sparse_vs_numpy(model, params):
 
 
 def test_vertex_distance_dense_vs_numpy(params):
-  dmodel = _random_model(seed=3, n_dense=50)
+  dmodel = random_face_model(seed=3, n_dense=50)
   pred, gt = params
   got = L.vertex_distance_loss(dmodel, pred, gt)  # dense by default when the bases exist
   pm = np.array(pred)

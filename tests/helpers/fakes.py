@@ -20,17 +20,23 @@ def load_config(arg=None):
   return mod.get_config(arg)
 
 
-def random_face_model(seed: int = 0) -> bfm_lib.FaceModel:
-  """A BFM-shaped 68-landmark model with BFM-like magnitudes: the mean face fills a 120 px crop."""
+def random_face_model(seed: int = 0, n_dense: int = 0) -> bfm_lib.FaceModel:
+  """A BFM-shaped 68-landmark model with BFM-like magnitudes (the mean face fills a 120 px crop); with
+  ``n_dense`` > 0 also a small random dense part whose first 68 vertices are the keypoints."""
   rng = np.random.default_rng(seed)
   pts = rng.normal(size=(68, 3)) * [6e4, 7e4, 3e4]
   mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 60, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
   std = np.array([2e-4, 3e-4, 3e-4, 10, 2.5e-4, 2e-4, 2e-4, 10, 3.6e-4, 1e-4, 1.5e-4, 18]
                  + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
   f = lambda a: jnp.asarray(a, jnp.float32)
+  kw = {}
+  if n_dense:
+    kw = dict(u_dense=f(rng.normal(size=3 * n_dense) * 6e4), w_shp_dense=f(rng.normal(size=(3 * n_dense, 40)) * 0.02),
+              w_exp_dense=f(rng.normal(size=(3 * n_dense, 10)) * 500), tex=f(np.full((n_dense, 3), 0.5)),
+              keypoints=jnp.arange(68, dtype=jnp.int32))
   return bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
                            w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
-                           param_std=f(std), name="random").check()
+                           param_std=f(std), name="random", **kw).check()
 
 
 def fake_batch(n: int, seed: int, with_params: bool, size: int = 32, face=None) -> dict:
