@@ -11,16 +11,24 @@ Measures, on the first JAX device (CPU here):
     1-device mesh exactly as ``train.py`` runs it;
 (c) eval-mode forward latency at batch 1 and 64.
 
-It also measures the machine's fp32 matmul peak (a jitted 2048^2 ``jnp.dot``, best of several) and prints each
+It also measures the machine's fp32 matmul peak (a jitted 2048^2 ``jnp.dot``, best of 10) and prints each
 step's achieved GFLOP/s as a fraction of it. FLOPs: XLA's ``cost_analysis()`` of the compiled step, and the
 usual estimate 3 x forward MACs x 2 (``jface.models.count_macs``; convs and dense layers only).
 
 XLA flags must be set before jax is imported, so argv is parsed first and ``XLA_FLAGS`` is set from
 ``--xla_flags_preset`` (+ ``--xla_flags``) before the first ``import jax``.
 
-Prototype alternatives (to decide what to fold into jface.models):
-``--conv1x1 dot`` runs every 1 x 1 convolution (bottleneck conv1/conv3, projections) as a reshape + ``jnp.dot``
-over channels (same parameter tree; ``--verify`` checks outputs and gradients against the conv version).
+Prototype model variants (same parameter and batch_stats trees; installed by patching ``jface.models.layers``
+before the first trace; ``--verify`` compares outputs, batch stats and gradients with the plain net and a
+float64 evaluation, ``--ab`` times plain and variant alternately in one process):
+``--conv1x1 dot``: every 1 x 1 convolution (bottleneck conv1/conv3, projections) as a strided slice + reshape +
+  ``jnp.dot`` over channels: its backward pass is two plain GEMMs instead of convolutions whose operands XLA
+  transposes first;
+``--bn fused``: batch norm with a hand-written VJP (one reduction + one elementwise pass each way);
+``--maxpool slices``: the stem max-pool as the max of 9 strided slices (tried; no gain).
+
+No flags = the best regressor-only setting measured here (``BEST``; see docs/BENCHMARKS.md): YNNPACK kept off
+convolutions and dots, 1x1 convolutions as dots, fused batch norm, float32, batch 32.
 
 Times are medians (and minima) of ``--steps`` calls after warm-up, with ``block_until_ready``. Other processes
 on the 2 cores inflate them: the 1-minute load average is printed next to each number.
@@ -69,9 +77,10 @@ def parse_args(argv=None):
   ap.add_argument("--skip_full", action="store_true", help="skip (b), the full 2DASL step")
   ap.add_argument("--skip_latency", action="store_true", help="skip (c), the forward latencies")
   ap.add_argument("--verify", action="store_true",
-                  help="compare --conv1x1 dot against conv (outputs, batch stats, gradients) and exit")
+                  help="compare the net with --conv1x1/--bn/--maxpool against the plain one and a float64 "
+                       "evaluation (train-mode outputs, batch stats, gradients), then exit")
   ap.add_argument("--ab", action="store_true",
-                  help="interleaved A/B of the plain net against --conv1x1/--bn, regressor step only, then exit")
+                  help="interleaved A/B of the plain net against --conv1x1/--bn/--maxpool (regressor step), then exit")
   ap.add_argument("--ab_base", default="", help="variants installed in both arms of --ab: comma list of "
                                                "dot, fused, slices")
   ap.add_argument("--profile", default="", help="write a jax.profiler trace of 2 regressor steps to this folder "
@@ -474,9 +483,14 @@ def verify_conv1x1(args):
     return max(float(np.max(np.abs(p - q)) / (np.max(np.abs(q)) + 1e-30))
                for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
+  def gerr(a, b):  # ||a - b|| / ||b|| over all leaves together
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return float(np.sqrt(sum(np.sum((p - q) ** 2) for p, q in zip(la, lb)) / sum(np.sum(q ** 2) for q in lb)))
+
   for i, name in enumerate(("train output", "batch stats", "gradients")):
     print(f"verify {name}: worst-leaf max|diff|/max|f64|: plain f32 {err(conv32[i], ref64[i]):.2e}, "
-          f"variant f32 {err(dot32[i], ref64[i]):.2e}; variant vs plain {err(dot32[i], conv32[i]):.2e}")
+          f"variant f32 {err(dot32[i], ref64[i]):.2e}; variant vs plain {err(dot32[i], conv32[i]):.2e} | "
+          f"global ||diff||/||f64||: plain {gerr(conv32[i], ref64[i]):.2e}, variant {gerr(dot32[i], ref64[i]):.2e}")
 
 
 def ab_compare(args):
