@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import pathlib
 import statistics
 import time
@@ -34,17 +35,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------- the model
 
 def _random_model():
-  import jax.numpy as jnp
-  from jface import bfm as bfm_lib
-  rng = np.random.default_rng(0)
-  mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 70, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
-  std = np.array([2e-4, 3e-4, 3e-4, 20, 2.5e-4, 2e-4, 2e-4, 15, 3.6e-4, 1e-4, 1.5e-4, 18]
-                 + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
-  f = lambda a: jnp.asarray(a, jnp.float32)
-  return bfm_lib.FaceModel(u_base=f((rng.normal(size=(68, 3)) * [6e4, 7e4, 3e4]).reshape(-1)),
-                           w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
-                           w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
-                           param_std=f(std), name="random").check()
+  """A random 68-point model of BFM shapes (no data): the tests' fake."""
+  if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+  from tests.helpers.fakes import random_face_model
+  return random_face_model()
 
 
 def load(bfm_dir: str):
