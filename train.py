@@ -8,6 +8,12 @@ import sys
 # Data workers call numpy's BLAS on small matrices from several threads: OpenBLAS's own thread pool then only
 # adds contention (measured: 8 ms -> 1.2 ms per synthetic face's vertices). Must be set before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# XLA CPU: route convolutions to XLA's own emitter instead of YNNPACK's per-convolution path (1.3-1.5x faster
+# train steps on the 2-core machine; docs/BENCHMARKS.md). Must be set before jax loads; an explicit user setting
+# of the same flag wins.
+if "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution").strip()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags

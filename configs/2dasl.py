@@ -26,11 +26,13 @@ from __future__ import annotations
 import ml_collections
 
 PAPER_LAMBDAS = dict(l2d_con=0.005, l3d_con=0.005, cyc=1.0, sc=0.005)
-VARIANTS = ("default", "smoke", "base", "cyc", "sc")
+VARIANTS = ("default", "smoke", "base", "cyc", "sc", "cpu", "cpu_base", "cpu_cyc", "cpu_sc")
+SHARED = "../shared/data"  # the shared/ data folder beside the repository (override the data.* fields)
 
 
 def _set_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   """Ablation switches (paper Sec. 4.4)."""
+  variant = variant.removeprefix("cpu_") if variant.startswith("cpu_") else variant
   if variant == "base":
     config.use_flm, config.use_cyc, config.use_sc = False, False, False
   elif variant == "cyc":
@@ -65,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_2d = ""
   c.data.dev = ""
   c.data.dev_size = 0  # 0 = all
+  c.data.holdout = 0  # > 0: hold out this many train_3d examples and evaluate on them instead of data.dev
   c.data.num_threads = 2
   c.data.augment = True
   c.data.landmark_noise_px = 0.0
@@ -114,4 +117,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 25
     c.eval_every = 100
     c.checkpoint_every = 50
+  if variant.startswith("cpu"):
+    _cpu(c)
   return c
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+  """The 2-core CPU experiment on ../shared/data (issue 6; docs/RESULTS.md)."""
+  c.bfm_dir = f"{SHARED}/3dmm"
+  c.data.train_3d = f"crops:{SHARED}/aflw2000_3d_train"
+  c.data.train_2d = f"aflw_wild:{SHARED}/aflw_wild"
+  c.data.dev = f"crops:{SHARED}/aflw2000_3d_dev"
+  c.model = "resnet18"
+  c.model_kwargs = {"num_filters": 16, "coord_channels": False}
+  c.encoder_kwargs = {"channels": (8, 16, 32, 32, 64, 64)}
+  c.batch_size = 16
+  c.batch_size_2d = 16
+  c.num_steps = 2000
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.decay_rate = 0.1
+  c.optimizer.decay_steps = c.get_ref("num_steps")  # lr falls 10x over the run, whatever num_steps is
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 250

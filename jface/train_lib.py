@@ -307,6 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from jface.writers import MetricWriter
 
   _check_config(config)
+  t_start = time.time()
+  elapsed_before = previous_elapsed(workdir)
+  elapsed = lambda: round(elapsed_before + time.time() - t_start, 1)
   if config.distributed:
     jax.distributed.initialize()
   face = bfm_lib.load_model(config.bfm_dir, dense_bases_dir=config.dense_bases_dir or None)
@@ -314,8 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   src3d = registry.build_source(config.data.train_3d, face)
   src2d = registry.build_source(config.data.train_2d, face) if uses_2d else None
   dev = registry.build_source(config.data.dev, face) if config.data.dev else None
+  if config.data.get("holdout", 0):
+    # Model selection without touching the dev split: a fixed random subset of train_3d replaces it.
+    src3d, dev = holdout_split(src3d, config.data.holdout)
   if dev is not None and config.data.dev_size:
-    dev = _Subset(dev, config.data.dev_size)
+    dev = _Indices(dev, range(min(config.data.dev_size, len(dev))))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
@@ -377,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             f"(step {latest.latest_step()}) is kept in {latest.directory}")
       if done % config.log_every == 0 or done == config.num_steps:
         metrics["lr"] = _lr(config, done)
+        metrics["elapsed_s"] = elapsed()
         writer.write_scalars(done, metrics)
         writer.progress(done, metrics, images_per_step)
       if done % config.checkpoint_every == 0 or done == config.num_steps:
@@ -390,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.log(f"dev @ {done}: NME bins {' / '.join(f'{b:.3f}' for b in nme['bins'])}, "
                    f"mean of bins {nme['mean_of_bins']:.3f}, overall {nme['overall']:.3f} (n={nme['n']})")
         best.save(done, args=_save_args(state), metrics={"dev_nme": nme["mean_of_bins"]})
-        result = {"nme_2d_68": nme, "step": done}
+        result = {"nme_2d_68": nme, "step": done, "elapsed_s": elapsed()}
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(result, f, indent=2)
   finally:
@@ -407,6 +414,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
+def previous_elapsed(workdir: str) -> float:
+  """Wall-clock seconds of earlier (interrupted) runs in ``workdir``: the last ``elapsed_s`` in metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  last = 0.0
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          last = float(json.loads(line).get("elapsed_s", last))
+        except (ValueError, AttributeError):
+          continue  # a line cut short by a kill
+  return last
+
+
 def _save_args(state):
   import orbax.checkpoint as ocp
   return ocp.args.StandardSave(state)
@@ -417,14 +438,22 @@ def _lr(config, step: int) -> float:
   return float(o.learning_rate * o.decay_rate ** (step / o.decay_steps))
 
 
-class _Subset:
-  def __init__(self, source, n: int):
-    self.source, self.n = source, min(n, len(source))
+def holdout_split(source, n: int, seed: int = 0):
+  """(train, held_out): ``n`` examples of ``source`` chosen by a fixed permutation (``seed``) and the rest."""
+  if not 0 < n < len(source):
+    raise ValueError(f"data.holdout must be in (0, {len(source)}), got {n}")
+  perm = np.random.default_rng(seed).permutation(len(source))
+  return _Indices(source, np.sort(perm[n:])), _Indices(source, np.sort(perm[:n]))
+
+
+class _Indices:
+  """``source`` restricted to ``indices``."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, [int(i) for i in indices]
 
   def __len__(self):
-    return self.n
+    return len(self.indices)
 
   def __getitem__(self, i):
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    return self.source[i]
+    return self.source[self.indices[i]]

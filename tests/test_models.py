@@ -362,3 +362,24 @@ def test_tiny_cnn_flatten_head_and_stem():
   assert shapes["params"]["conv1"]["kernel"].shape == (5, 5, 4, 4)
   with pytest.raises(ValueError, match="pool"):
     M.TinyCNN(pool="max").init(jax.random.PRNGKey(0), x)
+
+
+def test_append_coordinates_closed_form():
+  x = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5, 1)
+  y = np.asarray(layers.append_coordinates(x))
+  chex.assert_shape(y, (2, 3, 5, 3))
+  np.testing.assert_array_equal(y[..., 0], np.asarray(x[..., 0]))
+  np.testing.assert_allclose(y[1, 2, :, 1], [-1, -0.5, 0, 0.5, 1], atol=1e-6)  # x along columns
+  np.testing.assert_allclose(y[0, :, 4, 2], [-1, 0, 1], atol=1e-6)  # y along rows
+
+
+def test_resnet_coord_channels_widen_only_the_stem():
+  x = jnp.zeros((2, 32, 32, 4))
+  plain = M.build_regressor("resnet18_standard", num_filters=4)
+  coord = M.build_regressor("resnet18_standard", num_filters=4, coord_channels=True)
+  p0 = plain.init(jax.random.PRNGKey(0), x)["params"]
+  p1 = coord.init(jax.random.PRNGKey(0), x)["params"]
+  assert p1["stem_conv"]["kernel"].shape == (7, 7, 6, 4) and p0["stem_conv"]["kernel"].shape == (7, 7, 4, 4)
+  out = coord.apply(coord.init(jax.random.PRNGKey(0), x), x, train=False)
+  chex.assert_shape(out, (2, 62))
+  assert np.isfinite(np.asarray(out)).all()

@@ -142,3 +142,46 @@ def test_train_py_reports_one_line(tmp_path):
   assert out.returncode == 2
   err = [ln for ln in out.stderr.splitlines() if ln.strip()]
   assert len(err) == 1 and err[0].startswith("error: missing 3DMM folder /nonexistent/3dmm"), out.stderr
+
+
+def test_holdout_split_is_a_fixed_partition():
+  src = list(range(50))
+  train, held = train_lib.holdout_split(src, 10)
+  a, b = [train[i] for i in range(len(train))], [held[i] for i in range(len(held))]
+  assert len(a) == 40 and len(b) == 10 and sorted(a + b) == src
+  again = train_lib.holdout_split(src, 10)[1]
+  assert [again[i] for i in range(10)] == b
+  with pytest.raises(ValueError, match="holdout"):
+    train_lib.holdout_split(src, 50)
+
+
+@pytest.mark.parametrize("variant,switches", [("cpu", (True, True, True)), ("cpu_base", (False, False, False)),
+                                              ("cpu_cyc", (True, True, False)), ("cpu_sc", (False, False, True))])
+def test_cpu_configs_are_the_paper_ablations(variant, switches):
+  c = load_config(variant)
+  assert (c.use_flm, c.use_cyc, c.use_sc) == switches
+  assert c.data.train_3d.startswith("crops:") and c.data.dev.endswith("aflw2000_3d_dev")
+  assert c.optimizer.decay_steps == c.num_steps  # the schedule follows a num_steps override
+  c.num_steps = 10
+  assert c.optimizer.decay_steps == 10
+
+
+def test_cpu_config_trains_on_shared_data(tmp_path, shared_data):
+  """Two steps of ``:cpu`` (tiny widths) on the real train/wild data, evaluated on a 100-image hold-out of train
+  (the dev split is not touched): the config's data specs, caching and the hold-out all work end to end."""
+  c = load_config("cpu")
+  c.model_kwargs = {"num_filters": 4, "coord_channels": True}
+  c.encoder_kwargs = {"channels": (4, 4, 4, 4, 4, 4)}
+  c.data.holdout, c.data.num_threads = 100, 1
+  c.batch_size = c.batch_size_2d = 4
+  c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = 2, 1, 2, 2
+  c.tensorboard = False
+  for k in ("bfm_dir",):
+    c[k] = c[k].replace("../shared/data", str(shared_data))
+  for k in ("train_3d", "train_2d", "dev"):
+    c.data[k] = c.data[k].replace("../shared/data", str(shared_data))
+  res = train_lib.train_and_evaluate(c, str(tmp_path))
+  assert res["step"] == 2 and res["nme_2d_68"]["n"] == 100 and np.isfinite(res["nme_2d_68"]["mean_of_bins"])
+  assert res["elapsed_s"] > 0
+  # a rerun finds the run complete and keeps the accumulated wall-clock
+  assert train_lib.previous_elapsed(str(tmp_path)) > 0

@@ -57,3 +57,13 @@ def check_input(x, in_channels: int | None, name: str):
 
 max_pool_3x3_s2 = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2),
                                     padding=((1, 1), (1, 1)))  # pads with -inf, as PyTorch
+
+
+def append_coordinates(x):
+  """(B, H, W, C) -> (B, H, W, C + 2): appends x (column) and y (row) coordinate channels, each linear from -1
+  (first pixel) to +1 (last pixel)."""
+  b, h, w, _ = x.shape
+  ys = jnp.linspace(-1.0, 1.0, h, dtype=x.dtype)
+  xs = jnp.linspace(-1.0, 1.0, w, dtype=x.dtype)
+  grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)  # (H, W, 2): [..., 0] = x, [..., 1] = y
+  return jnp.concatenate([x, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)

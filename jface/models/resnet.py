@@ -85,6 +85,9 @@ class ResNet(nn.Module):
     bn_axis_name: mapped axis over which batch-norm statistics are averaged (e.g. "data" inside
       ``jax.shard_map``); None for per-call statistics.
     zero_init_residual: zero-init the scale of each block's last BN (each block starts as the identity).
+    coord_channels: append two constant channels, x and y in [-1, 1] (CoordConv, Liu et al. 2018), to the
+      input of the stem: with them a convolution + ReLU can turn "a landmark here" into "a landmark at x", which
+      the average-pooled head can then read out. Off in the paper's network.
   """
   stage_sizes: Sequence[int]
   block_cls: Callable[..., nn.Module]
@@ -95,6 +98,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   zero_init_residual: bool = False
+  coord_channels: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -102,6 +106,8 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown ResNet layout {self.layout!r}; expected one of {LAYOUTS}")
     layers.check_input(x, self.in_channels, "ResNet")
     x = jnp.asarray(x, self.dtype)
+    if self.coord_channels:
+      x = layers.append_coordinates(x)
     x = layers.conv(self.num_filters, 7, 2, dtype=self.dtype, name="stem_conv")(x)
     x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name, name="stem_bn")(x)
     x = layers.max_pool_3x3_s2(nn.relu(x))

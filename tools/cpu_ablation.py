@@ -1,0 +1,82 @@
+r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs/RESULTS.md).
+
+    python tools/cpu_ablation.py --root /tmp/jface-cpu                     # all four variants, in order
+    python tools/cpu_ablation.py --root /tmp/jface-cpu --variants cpu_base  # one of them
+    python tools/cpu_ablation.py --root /tmp/jface-cpu --table_only         # just the table of what is done
+
+For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config configs/2dasl.py:V --workdir ROOT/V``
+(resumes from ``ROOT/V`` when interrupted; a finished run is not retrained), then ``python evaluate.py
+--checkpoint ROOT/V --data_dir DEV --out ROOT/V/eval_dev`` on the final (latest) checkpoint. The table reads
+``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT, per |yaw| bin) and the training
+wall-clock (``elapsed_s`` of ``ROOT/V/results.json``: all resumed pieces summed, compilation and dev evaluations
+included). Extra ``--config.*`` overrides after ``--`` go to every train.py call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+VARIANTS = ("cpu_base", "cpu_cyc", "cpu_sc", "cpu")
+LABELS = {"cpu_base": "base (RGB, L3d)", "cpu_cyc": "cyc (RGB+FLM, self-supervision)",
+          "cpu_sc": "sc (RGB, self-critic)", "cpu": "cyc+sc (full 2DASL)"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_variant(variant: str, root: str, dev_dir: str, overrides: list[str]) -> None:
+  workdir = os.path.join(root, variant)
+  train = [sys.executable, "train.py", f"--config=configs/2dasl.py:{variant}", f"--workdir={workdir}", *overrides]
+  print("$", " ".join(train[1:]), flush=True)
+  subprocess.run(train, cwd=REPO, check=True)
+  ev = [sys.executable, "evaluate.py", "--checkpoint", workdir, "--data_dir", dev_dir,
+        "--out", os.path.join(workdir, "eval_dev")]
+  print("$", " ".join(ev[1:]), flush=True)
+  subprocess.run(ev, cwd=REPO, check=True)
+
+
+def table(root: str, variants=VARIANTS) -> str:
+  """Markdown rows ``| variant | bins | mean of bins | overall | steps | wall-clock |`` of the finished runs."""
+  lines = ["| variant | [0,30] | (30,60] | (60,90] | mean of bins | overall | steps | wall-clock |",
+           "|---|---|---|---|---|---|---|---|"]
+  for v in variants:
+    ev_path = os.path.join(root, v, "eval_dev", "results.json")
+    tr_path = os.path.join(root, v, "results.json")
+    if not os.path.exists(ev_path):
+      continue
+    nme = json.load(open(ev_path))["nme_2d_68"]
+    tr = json.load(open(tr_path)) if os.path.exists(tr_path) else {}
+    mins = f"{tr['elapsed_s'] / 60:.0f} min" if "elapsed_s" in tr else "?"
+    bins = " | ".join(f"{b:.3f}" for b in nme["bins"])
+    lines.append(f"| `:{v}` {LABELS.get(v, '')} | {bins} | **{nme['mean_of_bins']:.3f}** | {nme['overall']:.3f} "
+                 f"| {tr.get('step', '?')} | {mins} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+  argv = argv[:argv.index("--")] if "--" in argv else argv
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--root", required=True, help="output folder; one workdir per variant")
+  ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+  ap.add_argument("--dev_dir", default=os.path.join(REPO, "..", "shared", "data", "aflw2000_3d_dev"))
+  ap.add_argument("--table_only", action="store_true")
+  args = ap.parse_args(argv)
+  if not args.table_only:
+    if not os.path.isdir(args.dev_dir):
+      print(f"error: missing dev split {args.dev_dir} (../shared/data/aflw2000_3d_dev; see ../shared/README.md)",
+            file=sys.stderr)
+      return 2
+    for v in args.variants:
+      run_variant(v, args.root, args.dev_dir, overrides)
+  out = table(args.root, args.variants)
+  print(out)
+  with open(os.path.join(args.root, "table.md"), "w") as f:
+    f.write(out + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
