@@ -1,0 +1,47 @@
+"""tools/cpu_ablation.py: the results table it writes into docs/RESULTS.md."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+from tests.helpers.fakes import ROOT
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("cpu_ablation", os.path.join(ROOT, "tools", "cpu_ablation.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_table_rows_from_results(tmp_path):
+  tool = _load()
+  run = tmp_path / "cpu_base"
+  (run / "eval_dev").mkdir(parents=True)
+  nme = {"bins": [3.0, 4.5, 6.25], "mean_of_bins": 4.583333, "overall": 4.1}
+  json.dump({"nme_2d_68": nme}, open(run / "eval_dev" / "results.json", "w"))
+  json.dump({"step": 16000, "elapsed_s": 2712.0}, open(run / "results.json", "w"))
+  lines = tool.table(str(tmp_path)).splitlines()
+  assert len(lines) == 3  # header, rule, the one finished variant (the others have no results yet)
+  assert lines[2] == "| `:cpu_base` base (RGB, L3d) | 3.000 | 4.500 | 6.250 | **4.583** | 4.100 | 16000 | 45 min |"
+
+
+def test_missing_dev_split_is_one_line(tmp_path, capsys):
+  tool = _load()
+  assert tool.main(["--root", str(tmp_path), "--dev_dir", str(tmp_path / "nope")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "missing dev split" in err[0]
+
+
+def test_overrides_after_double_dash_reach_train(tmp_path, monkeypatch):
+  tool = _load()
+  calls = []
+  monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  (tmp_path / "dev").mkdir()
+  assert tool.main(["--root", str(tmp_path), "--variants", "cpu_sc", "--dev_dir", str(tmp_path / "dev"), "--",
+                    "--config.num_steps=3"]) == 0
+  train, evaluate = calls
+  assert train[1:] == ["train.py", "--config=configs/2dasl.py:cpu_sc", f"--workdir={tmp_path}/cpu_sc",
+                       "--config.num_steps=3"]
+  assert evaluate[1] == "evaluate.py" and evaluate[evaluate.index("--out") + 1] == f"{tmp_path}/cpu_sc/eval_dev"
