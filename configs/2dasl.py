@@ -24,7 +24,9 @@ Variants (``get_config(arg)``):
   falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (all four,
   then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu``; one variant:
   ``python train.py --config configs/2dasl.py:cpu --workdir /tmp/jface-cpu/cpu``.
-  Measured: RESULT_PLACEHOLDER
+  Measured (2026-11-21, 2-core CPU, dev split, mean of yaw bins): ``:cpu`` 5.650 (bins 4.014 / 5.811 / 7.124) in
+  42 min; ``:cpu_base`` 7.304 in 48 min; FAN input 5.496, released 2DASL 3.463. ``:cpu_cyc`` / ``:cpu_sc`` not run
+  yet. Backbone and learning rate were chosen on a hold-out of train (docs/RESULTS.md).
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.

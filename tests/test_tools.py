@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 
+import numpy as np
+
 from tests.helpers.fakes import ROOT
 
 
@@ -45,3 +47,14 @@ def test_overrides_after_double_dash_reach_train(tmp_path, monkeypatch):
   assert train[1:] == ["train.py", "--config=configs/2dasl.py:cpu_sc", f"--workdir={tmp_path}/cpu_sc",
                        "--config.num_steps=3"]
   assert evaluate[1] == "evaluate.py" and evaluate[evaluate.index("--out") + 1] == f"{tmp_path}/cpu_sc/eval_dev"
+
+
+def test_anchor_errors_reproduce_the_oracle(dev_dir, bfm_dir):
+  """The CED's anchor curves are the oracle numbers of ../shared/README.md (mean of the three |yaw| bins)."""
+  from jface import metrics
+  tool = _load()
+  errors = tool.anchor_errors(str(dev_dir), str(bfm_dir))
+  yaw = np.abs(np.load(os.path.join(dev_dir, "meta.npz"))["yaw"])
+  got = {k: metrics.yaw_bin_summary(v, yaw)["mean_of_bins"] for k, v in errors.items()}
+  np.testing.assert_allclose(got["released 2DASL"], 3.4631, atol=1e-3)
+  np.testing.assert_allclose(got["FAN input landmarks"], 5.4962, atol=1e-3)

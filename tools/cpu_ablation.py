@@ -3,6 +3,7 @@ r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs
     python tools/cpu_ablation.py --root /tmp/jface-cpu                     # all four variants, in order
     python tools/cpu_ablation.py --root /tmp/jface-cpu --variants cpu_base  # one of them
     python tools/cpu_ablation.py --root /tmp/jface-cpu --table_only         # just the table of what is done
+    python tools/cpu_ablation.py --root /tmp/jface-cpu --table_only --ced docs/cpu_dev_ced.png   # + CED plot
 
 For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config configs/2dasl.py:V --workdir ROOT/V``
 (resumes from ``ROOT/V`` when interrupted; a finished run is not retrained), then ``python evaluate.py
@@ -14,10 +15,13 @@ included). Extra ``--config.*`` overrides after ``--`` go to every train.py call
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 VARIANTS = ("cpu_base", "cpu_cyc", "cpu_sc", "cpu")
 LABELS = {"cpu_base": "base (RGB, L3d)", "cpu_cyc": "cyc (RGB+FLM, self-supervision)",
@@ -54,6 +58,29 @@ def table(root: str, variants=VARIANTS) -> str:
   return "\n".join(lines)
 
 
+def anchor_errors(dev_dir: str, bfm_dir: str) -> dict:
+  """Per-image 2D NME (%) on the dev split of the anchors: released 2DASL parameters and the FAN input landmarks."""
+  from jface import evaluation
+  data = evaluation.load_aflw2000(dev_dir)
+  face = evaluation.load_face(bfm_dir)
+  released = np.load(os.path.join(dev_dir, "meta.npz"))["released_2dasl_params"]
+  return {"released 2DASL": evaluation.compute_errors(data, evaluation.landmarks_from_params(face, released))["nme_2d"],
+          "FAN input landmarks": evaluation.compute_errors(data, np.asarray(data.detector, np.float64))["nme_2d"]}
+
+
+def ced_plot(root: str, variants, dev_dir: str, bfm_dir: str, path: str) -> str:
+  """One CED figure: every finished variant (its ``eval_dev/per_image.csv``) beside the anchors."""
+  from jface import metrics
+  curves = anchor_errors(dev_dir, bfm_dir)
+  for v in variants:
+    f = os.path.join(root, v, "eval_dev", "per_image.csv")
+    if os.path.exists(f):
+      with open(f) as fh:
+        curves[f":{v} {LABELS[v]}"] = [float(r["nme_2d"]) if r["status"] == "ok" else np.nan
+                                       for r in csv.DictReader(fh)]
+  return metrics.plot_ced(curves, path, title="AFLW2000-3D dev split (200 images), 68 points")
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -62,7 +89,9 @@ def main(argv=None) -> int:
   ap.add_argument("--root", required=True, help="output folder; one workdir per variant")
   ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
   ap.add_argument("--dev_dir", default=os.path.join(REPO, "..", "shared", "data", "aflw2000_3d_dev"))
+  ap.add_argument("--bfm_dir", default=os.path.join(REPO, "..", "shared", "data", "3dmm"))
   ap.add_argument("--table_only", action="store_true")
+  ap.add_argument("--ced", default="", help="also write a CED plot of the finished variants and the anchors here")
   args = ap.parse_args(argv)
   if not args.table_only:
     if not os.path.isdir(args.dev_dir):
@@ -75,6 +104,8 @@ def main(argv=None) -> int:
   print(out)
   with open(os.path.join(args.root, "table.md"), "w") as f:
     f.write(out + "\n")
+  if args.ced:
+    print("wrote", ced_plot(args.root, args.variants, args.dev_dir, args.bfm_dir, args.ced))
   return 0
 
 
