@@ -132,8 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-# Steps that take ~45 min each on the 2-core machine (measured s/step: base 0.155, cyc 0.475, sc 0.49, cyc+sc
-# 0.73, ResNet-18/16 at 120x120, batch 16 (+ 16)): the variants get the same wall-clock budget, not the same steps.
+# Steps for ~45 min each on the 2-core machine, from 80-step timings (s/step: base 0.155, cyc 0.475, sc 0.49;
+# cyc+sc 0.73 from a pilot; ResNet-18/16 at 120x120, batch 16 (+ 16)). The full :cpu_base run averaged 0.18 s/step
+# (48 min). The variants get the same wall-clock budget, not the same number of steps.
 CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 5400, "cpu_sc": 5200}
 
 
