@@ -30,26 +30,8 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------------- the model
-
-def _random_model():
-  """A random 68-point model of BFM shapes (no data): the tests' fake."""
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-  from tests.helpers.fakes import random_face_model
-  return random_face_model()
-
-
-def load(bfm_dir: str):
-  from jface import bfm as bfm_lib
-  if os.path.isdir(bfm_dir):
-    return bfm_lib.load_3ddfa(bfm_dir, dense=False), f"real BFM from {bfm_dir}"
-  try:
-    return bfm_lib.load_model("synthetic"), "jface.bfm.load_model('synthetic') (no BFM folder)"
-  except (ImportError, AttributeError, bfm_lib.MissingAssetError) as e:
-    return _random_model(), f"random model of BFM shapes (no BFM folder; synthetic model unavailable: {e})"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _face import load_face  # noqa: E402
 
 
 # ------------------------------------------------------------------------------- numpy reference
@@ -152,7 +134,7 @@ def main():
   from jface import geometry
   from jface import losses as L
 
-  model, desc = load(args.bfm_dir)
+  model, desc = load_face(args.bfm_dir)
   print(f"model: {desc}")
   print(f"device: {jax.devices()[0].platform}, batch {args.batch}, jax {jax.__version__}")
 

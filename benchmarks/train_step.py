@@ -45,6 +45,8 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _face import load_face  # noqa: E402
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 XLA_PRESETS = {
@@ -358,21 +360,6 @@ def bench_regressor(args, macs_per_image: int, peak: float):
         f"matmul peak ({xla_flops / med / 1e9 / peak:.1%} with XLA's count)")
   print(f"(a) images/s: {ips:.2f} (median), {args.batch / best:.2f} (best step)")
   return ips
-
-
-def random_face():
-  """A random 68-point model of BFM shapes (no data): the tests' fake."""
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-  from tests.helpers.fakes import random_face_model
-  return random_face_model()
-
-
-def load_face(bfm_dir: str):
-  from jface import bfm as bfm_lib
-  if os.path.isdir(bfm_dir):
-    return bfm_lib.load_3ddfa(bfm_dir, dense=False), f"BFM from {bfm_dir}"
-  return random_face(), "random 68-point model of BFM shapes (no BFM folder)"
 
 
 def fake_batch(face, n: int, seed: int, with_params: bool) -> dict:

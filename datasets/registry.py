@@ -84,7 +84,7 @@ def build_source(spec: str, model=None):
     return HideParams(src) if kind == "synthetic2d" else src
   if kind == "crops":
     from datasets.crops_layout import CropsLayoutSource
-    # Each example reads and converts a .mat file (~6 ms); 800 AFLW2000-3D crops fit in memory.
+    # Each example reads and converts a .mat file; 800 AFLW2000-3D crops fit in memory.
     return _cached_if_small(CropsLayoutSource(_need_dir(rest, spec), model=model))
   if kind == "mat":
     from datasets.mat_layout import MatLayoutSource
