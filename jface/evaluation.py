@@ -3,7 +3,7 @@
 Usage (``python evaluate.py --help`` for every flag)::
 
   python evaluate.py --dataset aflw2000_3d --data_dir DIR [--subset 1998|2000] [--gt original|reannotated]
-                     (--predictions FILE | --checkpoint WORKDIR) --out OUTDIR
+                     (--predictions FILE | --checkpoint WORKDIR | --labels) --out OUTDIR
   python evaluate.py --dataset aflw --data_dir ../shared/data/aflw_wild --predictions FILE.npz --out OUTDIR
   python evaluate.py --dataset synthetic [--num 200 --seed 12345] (--predictions FILE | --checkpoint WD) --out O
 
@@ -25,6 +25,9 @@ image order above (meta ``names``; synthetic: index order), or ``.npz`` with ``n
 ``landmarks`` (N, 68, 2|3) in 120 x 120 crop pixels (the convention of ``jface.geometry.landmarks2d``; params
 win when both are present). Params need the 3DMM (``--bfm_dir``, default ``../shared/data/3dmm`` next to the
 repo when it exists).
+``--labels`` evaluates the dataset's own 3DMM labels as if predicted: for AFLW2000-3D, the ``.mat`` fits converted
+to the 62 params exactly as the training readers convert them (40/10 components), which is the floor that
+training on those labels can reach; for synthetic faces, the sampled params (a check of the pipeline).
 ``--checkpoint WORKDIR`` runs a ``train.py`` workdir's regressor (``jface.train_lib.load_checkpoint``) on the
 crops; its face model is ``config.bfm_dir`` unless ``--bfm_dir`` is given. Models with a landmark-map input
 (``config.use_flm``) get it from ``--flm``: ``auto`` = the meta's ``fan_pts68_crop`` (FAN detections, the 2DASL
@@ -519,6 +522,22 @@ def _gt_params_from_mats(data: EvalData, face) -> tuple[Optional[np.ndarray], st
   return out, ""
 
 
+def label_params(data: EvalData, face) -> np.ndarray:
+  """(N, 62) whitened params of the dataset's own labels (NaN rows where a label is unreadable), for ``--labels``.
+
+  AFLW2000-3D: the ``.mat`` fits converted as the training readers do (``datasets.mat_layout.mat_to_params``, 40/10
+  components, in the data's crop boxes); synthetic: the sampled params. AFLW has no 3DMM labels.
+  """
+  if data.gt_params is not None:
+    return np.asarray(data.gt_params, np.float64)
+  if data.dataset != "aflw2000_3d":
+    raise EvalError(f"--labels: the {data.dataset} data have no 3DMM labels")
+  pw, why = _gt_params_from_mats(data, face)
+  if pw is None:
+    raise EvalError(f"--labels: {why}")
+  return pw
+
+
 def compute_errors(data: EvalData, pred_lm: np.ndarray) -> dict:
   """Per-image errors (percent): dict(nme_2d (N,), nme_3d (N,) or None, key, npts)."""
   n = len(data)
@@ -669,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--predictions", help=".npy (N, 62) whitened params in the dataset's image order, or .npz "
                    "with names + params (N, 62) or landmarks (N, 68, 2) in 120x120 crop pixels")
   src.add_argument("--checkpoint", help="a train.py workdir (config.json + checkpoints/)")
+  src.add_argument("--labels", action="store_true", help="evaluate the dataset's own 3DMM labels as predictions: "
+                   "aflw2000_3d: the .mat fits converted to the 62 params (what training sees; the label floor); "
+                   "synthetic: the sampled params")
   ap.add_argument("--which", choices=("latest", "best"), default="latest", help="checkpoint to load")
   ap.add_argument("--out", required=True, help="output folder")
   ap.add_argument("--bfm_dir", default=None, help="3DDFA-format 3DMM folder (default: the checkpoint's "
@@ -703,6 +725,12 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
     msg = " ".join(str(e).split())
     print(f"error: {msg}", file=sys.stderr)
     return 2
+
+
+def _source(args) -> str:
+  if args.predictions:
+    return "predictions " + args.predictions
+  return "checkpoint " + args.checkpoint if args.checkpoint else "the dataset's own 3DMM labels"
 
 
 def _default_bfm_dir() -> Optional[str]:
@@ -765,6 +793,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> int:
     if missing.any():
       log(f"note: {int(missing.sum())} of {n} images have no prediction in {args.predictions}: counted as "
           f"failures (e.g. {', '.join(data.names[missing][:3])})")
+  elif args.labels:
+    face = face or face_loader()
+    pred_pw = label_params(data, face)
+    for i in np.nonzero(~np.all(np.isfinite(pred_pw), -1) & (status == ""))[0]:
+      status[i] = "unreadable label (.mat)"
   else:
     face = face or face_loader()
     pred_pw, status = predict_checkpoint(config, state, data, face, args.flm, args.batch_size, log)
@@ -787,6 +820,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> int:
   results = {"dataset": args.dataset, "data_dir": args.data_dir, "layout": data.layout,
              "subset": args.subset if args.dataset == "aflw2000_3d" else None,
              "gt": data.gt_kind, "predictions": args.predictions, "checkpoint": args.checkpoint,
+             "labels": bool(args.labels),
              "n_images": n, key2: s2}
   rows = [(f"NME 2D {npts}", s2)]
   skipped = {}
@@ -838,7 +872,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> int:
   # ---- report
   if args.dataset == "aflw2000_3d":
     title = (f"AFLW2000-3D ({args.subset} subset, {data.gt_kind} GT, {data.layout} layout): {n} images, "
-             f"{'predictions ' + args.predictions if args.predictions else 'checkpoint ' + args.checkpoint}")
+             f"{_source(args)}")
   elif args.dataset == "aflw":
     title = f"AFLW 21 points: {n} images"
   else:

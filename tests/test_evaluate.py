@@ -155,6 +155,43 @@ def test_original_layout_matches_and_corrupt_files_are_failures(dev_dir, bfm_dir
   assert any("NME 2D 68" in ln for ln in lines)
 
 
+def test_labels_are_the_converted_mat_fits(dev_dir, bfm_dir, meta, tmp_path):
+  """--labels scores the .mat fits as training converts them: the same numbers as mat_to_params by hand, a small
+  floor (40/10 truncation) on both 2D and 3D, and a corrupt .mat is a counted failure."""
+  from datasets import mat_layout
+  from jface import bfm as bfm_lib
+  from jface import geometry
+  names = [str(n) for n in meta["names"][:6]]  # crop layout (GT from meta.npz), the .mat fits beside it
+  folder = _copy_original(dev_dir, names, tmp_path / "data")
+  shutil.copy(os.path.join(dev_dir, "meta.npz"), tmp_path / "data" / "meta.npz")
+  (folder / (os.path.splitext(names[0])[0] + ".mat")).write_bytes(b"not a mat file")
+  rc, lines = run_cli(["--data_dir", tmp_path / "data", "--labels", "--limit", 6, "--bfm_dir", bfm_dir,
+                       "--out", tmp_path / "o"])
+  res = load_json(tmp_path / "o")
+  assert rc == 0 and res["labels"] and res["n_failed"] == 1
+  assert res["failures"] == {"unreadable label (.mat)": 1}
+  assert any("3DMM labels" in ln for ln in lines)
+  rows = {r["name"]: r for r in read_csv(tmp_path / "o")}
+  face = bfm_lib.load_3ddfa(bfm_dir)
+  from datasets import common
+  for n in names[1:]:
+    i = list(meta["names"]).index(n)
+    mat = common.read_mat(str(folder / (os.path.splitext(n)[0] + ".mat")))
+    pw = mat_layout.mat_to_params(mat, meta["roi_box"][i], 450, face)
+    lm = np.asarray(geometry.crop_to_image(geometry.landmarks3d(face, pw[None].astype(np.float32)),
+                                           meta["roi_box"][i][None]), np.float64)
+    gt = meta["pts68"][i].T[None]
+    assert float(rows[n]["nme_2d"]) == pytest.approx(metrics.nme_2d(lm[..., :2], gt[..., :2])[0], abs=1e-3)
+    assert float(rows[n]["nme_3d"]) == pytest.approx(metrics.nme_3d(lm, gt)[0], abs=1e-3)
+    assert float(rows[n]["nme_2d"]) < 3.0 and float(rows[n]["nme_3d"]) < 3.5
+  assert res["nme_2d_68"]["overall"] < 1.5 and res["nme_3d_68"]["overall"] < 2.0
+
+
+def test_labels_need_3dmm_labels(wild_dir, tmp_path, capsys):
+  assert E.main(["--dataset", "aflw", "--data_dir", str(wild_dir), "--labels", "--out", str(tmp_path / "o")]) == 2
+  assert "no 3DMM labels" in _err_line(capsys)
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 def _err_line(capsys):
@@ -261,6 +298,11 @@ def test_synthetic_exact_params_give_zero_error(tmp_path):
   for k in ("nme_2d_68", "nme_3d_68", "nme_dense_2d", "nme_dense_3d", "nme_icp"):
     assert res[k]["overall"] < 1e-3, (k, res[k])
   assert os.path.exists(tmp_path / "o" / "best_worst.png")
+  rc, _ = run_cli(["--dataset", "synthetic", "--num", 6, "--seed", 3, "--labels", "--out", tmp_path / "o2"])
+  res2 = load_json(tmp_path / "o2")
+  assert rc == 0 and res2["labels"]
+  for k in ("nme_2d_68", "nme_3d_68"):
+    assert res2[k]["overall"] < 1e-3, (k, res2[k])
 
 
 def test_aflw_21_points(wild_dir, tmp_path):

@@ -22,11 +22,11 @@ def test_table_rows_from_results(tmp_path):
   run = tmp_path / "cpu_base"
   (run / "eval_dev").mkdir(parents=True)
   nme = {"bins": [3.0, 4.5, 6.25], "mean_of_bins": 4.583333, "overall": 4.1}
-  json.dump({"nme_2d_68": nme}, open(run / "eval_dev" / "results.json", "w"))
+  json.dump({"nme_2d_68": nme, "nme_3d_68": {"overall": 7.126}}, open(run / "eval_dev" / "results.json", "w"))
   json.dump({"step": 16000, "elapsed_s": 2712.0}, open(run / "results.json", "w"))
   lines = tool.table(str(tmp_path)).splitlines()
   assert len(lines) == 3  # header, rule, the one finished variant (the others have no results yet)
-  assert lines[2] == "| `:cpu_base` base (RGB, L3d) | 3.000 | 4.500 | 6.250 | **4.583** | 4.100 | 16000 | 45 min |"
+  assert lines[2] == "| `:cpu_base` base (RGB, L3d) | 3.000 | 4.500 | 6.250 | **4.583** | 4.100 | 7.13 | 16000 | 45 min |"
 
 
 def test_missing_dev_split_is_one_line(tmp_path, capsys):

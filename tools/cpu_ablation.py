@@ -8,9 +8,9 @@ r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs
 For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config configs/2dasl.py:V --workdir ROOT/V``
 (resumes from ``ROOT/V`` when interrupted; a finished run is not retrained), then ``python evaluate.py
 --checkpoint ROOT/V --data_dir DEV --out ROOT/V/eval_dev`` on the final (latest) checkpoint. The table reads
-``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT, per |yaw| bin) and the training
-wall-clock (``elapsed_s`` of ``ROOT/V/results.json``: all resumed pieces summed, compilation and dev evaluations
-included). Extra ``--config.*`` overrides after ``--`` go to every train.py call.
+``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT: 2D NME per |yaw| bin, the
+mean of bins and overall; 3D NME overall) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
+all resumed pieces summed, compilation and dev evaluations included). Extra ``--config.*`` overrides after ``--`` go to every train.py call.
 """
 from __future__ import annotations
 
@@ -41,20 +41,22 @@ def run_variant(variant: str, root: str, dev_dir: str, overrides: list[str]) -> 
 
 
 def table(root: str, variants=VARIANTS) -> str:
-  """Markdown rows ``| variant | bins | mean of bins | overall | steps | wall-clock |`` of the finished runs."""
-  lines = ["| variant | [0,30] | (30,60] | (60,90] | mean of bins | overall | steps | wall-clock |",
-           "|---|---|---|---|---|---|---|---|"]
+  """Markdown rows ``| variant | 2D bins | 2D mean of bins | 2D overall | 3D overall | steps | wall-clock |``."""
+  lines = ["| variant | [0,30] | (30,60] | (60,90] | mean of bins | overall | 3D overall | steps | wall-clock |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for v in variants:
     ev_path = os.path.join(root, v, "eval_dev", "results.json")
     tr_path = os.path.join(root, v, "results.json")
     if not os.path.exists(ev_path):
       continue
-    nme = json.load(open(ev_path))["nme_2d_68"]
+    res = json.load(open(ev_path))
+    nme, nme3 = res["nme_2d_68"], res.get("nme_3d_68") or {}
+    overall3 = f"{nme3['overall']:.2f}" if nme3.get("overall") is not None else "—"
     tr = json.load(open(tr_path)) if os.path.exists(tr_path) else {}
     mins = f"{tr['elapsed_s'] / 60:.0f} min" if "elapsed_s" in tr else "?"
     bins = " | ".join(f"{b:.3f}" for b in nme["bins"])
     lines.append(f"| `:{v}` {LABELS.get(v, '')} | {bins} | **{nme['mean_of_bins']:.3f}** | {nme['overall']:.3f} "
-                 f"| {tr.get('step', '?')} | {mins} |")
+                 f"| {overall3} | {tr.get('step', '?')} | {mins} |")
   return "\n".join(lines)
 
 
