@@ -24,9 +24,10 @@ Variants (``get_config(arg)``):
   falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (all four,
   then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu``; one variant:
   ``python train.py --config configs/2dasl.py:cpu --workdir /tmp/jface-cpu/cpu``.
-  Measured (2026-11-21, 2-core CPU, dev split, mean of yaw bins): ``:cpu`` 5.650 (bins 4.014 / 5.811 / 7.124) in
-  42 min; ``:cpu_base`` 7.304 in 48 min; FAN input 5.496, released 2DASL 3.463. ``:cpu_cyc`` / ``:cpu_sc`` not run
-  yet. Backbone and learning rate were chosen on a hold-out of train (docs/RESULTS.md).
+  Measured (2026-11-21/22, 2-core CPU, dev split, 2D NME mean of yaw bins; docs/RESULTS.md): ``:cpu`` 5.650 (bins
+  4.014 / 5.811 / 7.124) in 42 min; ``:cpu_cyc`` 5.478 in 37 min; ``:cpu_sc`` 8.461 in 37 min; ``:cpu_base`` 7.304
+  in 48 min. Anchors: FAN input 5.496, released 2DASL 3.463. 3D NME: 16.19 / 42.65 / 16.40 / 26.16 (released 5.34).
+  Backbone and learning rate were chosen on a hold-out of train.
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
@@ -132,10 +133,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-# Steps for ~45 min each on the 2-core machine, from 80-step timings (s/step: base 0.155, cyc 0.475, sc 0.49;
-# cyc+sc 0.73 from a pilot; ResNet-18/16 at 120x120, batch 16 (+ 16)). The full :cpu_base run averaged 0.18 s/step
-# (48 min). The variants get the same wall-clock budget, not the same number of steps.
-CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 5400, "cpu_sc": 5200}
+# Steps for ~45 min each on the 2-core machine (ResNet-18/16 at 120x120, batch 16 (+ 16)). Average rates of the full
+# runs, s/step: base 0.18, cyc 0.64, sc 0.63, cyc+sc 0.72. (80-step timings had put cyc at 0.475 and sc at 0.49 s/step;
+# their first minutes of training showed ~0.73, so they got 3500 steps like cyc+sc.) The variants get about the
+# same wall-clock budget, not the same number of steps: base does ~4.6x the steps of the others.
+CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500}
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:

@@ -58,3 +58,10 @@ def test_anchor_errors_reproduce_the_oracle(dev_dir, bfm_dir):
   got = {k: metrics.yaw_bin_summary(v, yaw)["mean_of_bins"] for k, v in errors.items()}
   np.testing.assert_allclose(got["released 2DASL"], 3.4631, atol=1e-3)
   np.testing.assert_allclose(got["FAN input landmarks"], 5.4962, atol=1e-3)
+
+
+def test_table_only_on_a_new_root(tmp_path, capsys):
+  tool = _load()
+  root = tmp_path / "new" / "root"
+  assert tool.main(["--root", str(root), "--table_only"]) == 0
+  assert (root / "table.md").read_text().splitlines()[0].startswith("| variant |")

@@ -95,6 +95,7 @@ def main(argv=None) -> int:
   ap.add_argument("--table_only", action="store_true")
   ap.add_argument("--ced", default="", help="also write a CED plot of the finished variants and the anchors here")
   args = ap.parse_args(argv)
+  os.makedirs(args.root, exist_ok=True)
   if not args.table_only:
     if not os.path.isdir(args.dev_dir):
       print(f"error: missing dev split {args.dev_dir} (../shared/data/aflw2000_3d_dev; see ../shared/README.md)",
