@@ -17,10 +17,10 @@ Variants (``get_config(arg)``):
 * ``:base`` / ``:cyc`` / ``:sc`` -- the paper's ablations (Sec. 4.4) on the default's data: ``base`` = RGB only,
   L3d only; ``cyc`` = RGB + FLM with the self-supervision losses (no critic); ``sc`` = RGB only with the
   self-critic. The default is cyc+sc. Not run here either (no measured result yet).
-* ``:cpu`` (cyc+sc) and ``:cpu_base`` / ``:cpu_cyc`` / ``:cpu_sc`` -- the paper's experiment at the scale of a 2-core
-  CPU (issue 6), on ``../shared/data``: 3D labels from the 800 ``aflw2000_3d_train`` images (.mat fits), 2D-only
-  stream = the 10k ``aflw_wild`` crops (21 GT points), FAN landmarks as the FLM input, evaluation on
-  ``aflw2000_3d_dev``. ResNet-18 at width 16 with CoordConv input channels, 120x120, batch 16 + 16, Adam 3e-3
+* ``:cpu`` (cyc+sc) and ``:cpu_base`` / ``:cpu_cyc`` / ``:cpu_sc`` (+ ``:cpu_base_flm``, base with the FLM input,
+  not in the paper) -- the paper's experiment at the scale of a 2-core CPU (issue 6), on ``../shared/data``: 3D
+  labels from the 800 ``aflw2000_3d_train`` images (.mat fits), 2D-only stream = the 10k ``aflw_wild`` crops (21
+  GT points), FAN landmarks as the FLM input, evaluation on ``aflw2000_3d_dev``. ResNet-18 at width 16 with CoordConv input channels, 120x120, batch 16 + 16, Adam 3e-3
   falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (all four,
   then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu``; one variant:
   ``python train.py --config configs/2dasl.py:cpu --workdir /tmp/jface-cpu/cpu``.
@@ -37,7 +37,7 @@ from __future__ import annotations
 import ml_collections
 
 PAPER_LAMBDAS = dict(l2d_con=0.005, l3d_con=0.005, cyc=1.0, sc=0.005)
-VARIANTS = ("default", "smoke", "base", "cyc", "sc", "cpu", "cpu_base", "cpu_cyc", "cpu_sc")
+VARIANTS = ("default", "smoke", "base", "cyc", "sc", "cpu", "cpu_base", "cpu_cyc", "cpu_sc", "cpu_base_flm")
 SHARED = "../shared/data"  # the shared/ data folder beside the repository (override the data.* fields)
 
 
@@ -46,6 +46,8 @@ def _set_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   variant = variant.removeprefix("cpu_") if variant.startswith("cpu_") else variant
   if variant == "base":
     config.use_flm, config.use_cyc, config.use_sc = False, False, False
+  elif variant == "base_flm":  # not in the paper: base + the landmark-map input (separates FLM from cyc)
+    config.use_flm, config.use_cyc, config.use_sc = True, False, False
   elif variant == "cyc":
     config.use_flm, config.use_cyc, config.use_sc = True, True, False
   elif variant == "sc":
@@ -137,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 # runs, s/step: base 0.18, cyc 0.64, sc 0.63, cyc+sc 0.72. (80-step timings had put cyc at 0.475 and sc at 0.49 s/step;
 # their first minutes of training showed ~0.73, so they got 3500 steps like cyc+sc.) The variants get about the
 # same wall-clock budget, not the same number of steps: base does ~4.6x the steps of the others.
-CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500}
+CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500, "cpu_base_flm": 16000}
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:

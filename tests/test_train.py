@@ -156,7 +156,8 @@ def test_holdout_split_is_a_fixed_partition():
 
 
 @pytest.mark.parametrize("variant,switches", [("cpu", (True, True, True)), ("cpu_base", (False, False, False)),
-                                              ("cpu_cyc", (True, True, False)), ("cpu_sc", (False, False, True))])
+                                              ("cpu_cyc", (True, True, False)), ("cpu_sc", (False, False, True)),
+                                              ("cpu_base_flm", (True, False, False))])
 def test_cpu_configs_are_the_paper_ablations(variant, switches):
   c = load_config(variant)
   assert (c.use_flm, c.use_cyc, c.use_sc) == switches
