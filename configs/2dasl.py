@@ -21,12 +21,14 @@ Variants (``get_config(arg)``):
   not in the paper) -- the paper's experiment at the scale of a 2-core CPU (issue 6), on ``../shared/data``: 3D
   labels from the 800 ``aflw2000_3d_train`` images (.mat fits), 2D-only stream = the 10k ``aflw_wild`` crops (21
   GT points), FAN landmarks as the FLM input, evaluation on ``aflw2000_3d_dev``. ResNet-18 at width 16 with CoordConv input channels, 120x120, batch 16 + 16, Adam 3e-3
-  falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (all four,
-  then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu``; one variant:
+  falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (the paper's four,
+  then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu`` (``--variants cpu_base_flm`` for the
+  fifth); one variant:
   ``python train.py --config configs/2dasl.py:cpu --workdir /tmp/jface-cpu/cpu``.
   Measured (2026-11-21/22, 2-core CPU, dev split, 2D NME mean of yaw bins; docs/RESULTS.md): ``:cpu`` 5.650 (bins
   4.014 / 5.811 / 7.124) in 42 min; ``:cpu_cyc`` 5.478 in 37 min; ``:cpu_sc`` 8.461 in 37 min; ``:cpu_base`` 7.304
-  in 48 min. Anchors: FAN input 5.496, released 2DASL 3.463. 3D NME: 16.19 / 42.65 / 16.40 / 26.16 (released 5.34).
+  in 48 min; ``:cpu_base_flm`` 5.305 in 47 min. Anchors: FAN input 5.496, released 2DASL 3.463. 3D NME: 16.19 /
+  42.65 / 16.40 / 26.16 / 24.32 (released 5.34).
   Backbone and learning rate were chosen on a hold-out of train.
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
