@@ -20,10 +20,10 @@ Variants (``get_config(arg)``):
 * ``:cpu`` (cyc+sc) and ``:cpu_base`` / ``:cpu_cyc`` / ``:cpu_sc`` (+ ``:cpu_base_flm``, base with the FLM input,
   not in the paper) -- the paper's experiment at the scale of a 2-core CPU (issue 6), on ``../shared/data``: 3D
   labels from the 800 ``aflw2000_3d_train`` images (.mat fits), 2D-only stream = the 10k ``aflw_wild`` crops (21
-  GT points), FAN landmarks as the FLM input, evaluation on ``aflw2000_3d_dev``. ResNet-18 at width 16 with CoordConv input channels, 120x120, batch 16 + 16, Adam 3e-3
-  falling 10x, the paper's lambdas. Each variant gets ~45 min of wall-clock (``CPU_STEPS``). Command (the paper's four,
-  then the table): ``python tools/cpu_ablation.py --root /tmp/jface-cpu`` (``--variants cpu_base_flm`` for the
-  fifth); one variant:
+  GT points), FAN landmarks as the FLM input, evaluation on ``aflw2000_3d_dev``. ResNet-18 at width 16 with
+  CoordConv input channels, 120x120, batch 16 + 16, Adam 3e-3 falling 10x, the paper's lambdas. Each variant gets
+  ~45 min of wall-clock (``CPU_STEPS``). Command (the paper's four, then the table):
+  ``python tools/cpu_ablation.py --root /tmp/jface-cpu`` (``--variants cpu_base_flm`` for the fifth); one variant:
   ``python train.py --config configs/2dasl.py:cpu --workdir /tmp/jface-cpu/cpu``.
   Measured (2026-11-21/22, 2-core CPU, dev split, 2D NME mean of yaw bins; docs/RESULTS.md): ``:cpu`` 5.650 (bins
   4.014 / 5.811 / 7.124) in 42 min; ``:cpu_cyc`` 5.478 in 37 min; ``:cpu_sc`` 8.461 in 37 min; ``:cpu_base`` 7.304
@@ -138,9 +138,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # Steps for ~45 min each on the 2-core machine (ResNet-18/16 at 120x120, batch 16 (+ 16)). Average rates of the full
-# runs, s/step: base 0.18, cyc 0.64, sc 0.63, cyc+sc 0.72. (80-step timings had put cyc at 0.475 and sc at 0.49 s/step;
-# their first minutes of training showed ~0.73, so they got 3500 steps like cyc+sc.) The variants get about the
-# same wall-clock budget, not the same number of steps: base does ~4.6x the steps of the others.
+# runs, s/step: base and base+FLM 0.18, cyc 0.64, sc 0.63, cyc+sc 0.72. (80-step timings had put cyc at 0.475 and
+# sc at 0.49 s/step; their first minutes of training showed ~0.73, so they got 3500 steps like cyc+sc.) The variants
+# get about the same wall-clock budget, not the same number of steps: base does ~4.6x the steps of the others.
 CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500, "cpu_base_flm": 16000}
 
 

@@ -522,20 +522,18 @@ def _gt_params_from_mats(data: EvalData, face) -> tuple[Optional[np.ndarray], st
   return out, ""
 
 
-def label_params(data: EvalData, face) -> np.ndarray:
-  """(N, 62) whitened params of the dataset's own labels (NaN rows where a label is unreadable), for ``--labels``.
+def label_params(data: EvalData, face) -> tuple[Optional[np.ndarray], str]:
+  """(N, 62) whitened params of the dataset's own labels (NaN rows where a label is unreadable), or (None, reason).
 
   AFLW2000-3D: the ``.mat`` fits converted as the training readers do (``datasets.mat_layout.mat_to_params``, 40/10
-  components, in the data's crop boxes); synthetic: the sampled params. AFLW has no 3DMM labels.
+  components, in the data's crop boxes); synthetic: the sampled params. AFLW has no 3DMM labels. Used by
+  ``--labels`` (as predictions) and as the dense ground truth.
   """
   if data.gt_params is not None:
-    return np.asarray(data.gt_params, np.float64)
+    return np.asarray(data.gt_params, np.float64), ""
   if data.dataset != "aflw2000_3d":
-    raise EvalError(f"--labels: the {data.dataset} data have no 3DMM labels")
-  pw, why = _gt_params_from_mats(data, face)
-  if pw is None:
-    raise EvalError(f"--labels: {why}")
-  return pw
+    return None, f"the {data.dataset} data have no 3DMM labels"
+  return _gt_params_from_mats(data, face)
 
 
 def compute_errors(data: EvalData, pred_lm: np.ndarray) -> dict:
@@ -795,7 +793,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> int:
           f"failures (e.g. {', '.join(data.names[missing][:3])})")
   elif args.labels:
     face = face or face_loader()
-    pred_pw = label_params(data, face)
+    pred_pw, why = label_params(data, face)
+    if pred_pw is None:
+      raise EvalError(f"--labels: {why}")
     for i in np.nonzero(~np.all(np.isfinite(pred_pw), -1) & (status == ""))[0]:
       status[i] = "unreadable label (.mat)"
   else:
@@ -847,7 +847,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> int:
                         f"(w_shp_sim.npy, w_exp_sim.npy; pass --dense_bases_dir), so neither the predicted nor "
                         f"the ground-truth dense shapes can be built")
   else:
-    gt_pw, why = (data.gt_params, "") if data.gt_params is not None else _gt_params_from_mats(data, face)
+    gt_pw, why = (pred_pw, "") if args.labels else label_params(data, face)
     if gt_pw is None:
       skipped["dense"] = why
     else:

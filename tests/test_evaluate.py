@@ -158,7 +158,7 @@ def test_original_layout_matches_and_corrupt_files_are_failures(dev_dir, bfm_dir
 def test_labels_are_the_converted_mat_fits(dev_dir, bfm_dir, meta, tmp_path):
   """--labels scores the .mat fits as training converts them: the same numbers as mat_to_params by hand, a small
   floor (40/10 truncation) on both 2D and 3D, and a corrupt .mat is a counted failure."""
-  from datasets import mat_layout
+  from datasets import common, mat_layout
   from jface import bfm as bfm_lib
   from jface import geometry
   names = [str(n) for n in meta["names"][:6]]  # crop layout (GT from meta.npz), the .mat fits beside it
@@ -173,7 +173,6 @@ def test_labels_are_the_converted_mat_fits(dev_dir, bfm_dir, meta, tmp_path):
   assert any("3DMM labels" in ln for ln in lines)
   rows = {r["name"]: r for r in read_csv(tmp_path / "o")}
   face = bfm_lib.load_3ddfa(bfm_dir)
-  from datasets import common
   for n in names[1:]:
     i = list(meta["names"]).index(n)
     mat = common.read_mat(str(folder / (os.path.splitext(n)[0] + ".mat")))

@@ -1,6 +1,6 @@
 r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs/RESULTS.md).
 
-    python tools/cpu_ablation.py --root /tmp/jface-cpu                     # all four variants, in order
+    python tools/cpu_ablation.py --root /tmp/jface-cpu                     # the paper's four variants, in order
     python tools/cpu_ablation.py --root /tmp/jface-cpu --variants cpu_base  # one of them
     python tools/cpu_ablation.py --root /tmp/jface-cpu --variants cpu_base_flm   # the extra base + FLM row
     python tools/cpu_ablation.py --root /tmp/jface-cpu --table_only         # just the table of what is done
@@ -11,7 +11,8 @@ For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config conf
 --checkpoint ROOT/V --data_dir DEV --out ROOT/V/eval_dev`` on the final (latest) checkpoint. The table reads
 ``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT: 2D NME per |yaw| bin, the
 mean of bins and overall; 3D NME overall) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
-all resumed pieces summed, compilation and dev evaluations included). Extra ``--config.*`` overrides after ``--`` go to every train.py call.
+all resumed pieces summed, compilation and dev evaluations included). Extra ``--config.*`` overrides after ``--``
+go to every train.py call.
 """
 from __future__ import annotations
 
