@@ -1,19 +1,12 @@
-r"""Trains 2DASL (or an ablation) and evaluates it: ``python train.py --config configs/2dasl.py:smoke --workdir DIR``.
+r"""Trains a method (``config.method``) and evaluates it: ``python train.py --config configs/2dasl.py:smoke --workdir DIR``.
 
 Re-running the same command resumes from the last checkpoint in ``--workdir`` with the same data order.
 """
-import os
 import sys
 
-# Data workers call numpy's BLAS on small matrices from several threads: OpenBLAS's own thread pool then only
-# adds contention (measured: 8 ms -> 1.2 ms per synthetic face's vertices). Must be set before numpy loads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# XLA CPU: route convolutions to XLA's own emitter instead of YNNPACK's per-convolution path (1.3-1.5x faster
-# train steps on the 2-core machine; docs/BENCHMARKS.md). Must be set before jax loads; an explicit user setting
-# of the same flag wins.
-if "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution").strip()
+from jface import runtime  # noqa: E402  (imports neither numpy nor jax)
+
+runtime.setup()  # BLAS threads and XLA CPU flags, before numpy / jax load
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags
@@ -28,11 +21,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from jface import train_lib
-  from jface.bfm import MissingAssetError
+  from jface import training
+  from jface.core.face_model import MissingAssetError
+  from jface.train.checkpoint import CheckpointError
   try:
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (MissingAssetError, ValueError, train_lib.NonFiniteLoss) as e:
+    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (MissingAssetError, CheckpointError, ValueError, training.NonFiniteLoss) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

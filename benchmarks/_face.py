@@ -11,12 +11,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def load_face(bfm_dir: str):
   """-> (FaceModel, description): 3DDFA-format BFM from ``bfm_dir``; else jface's synthetic model; else the tests'
   random 68-point model of BFM shapes."""
-  from jface import bfm as bfm_lib
+  from jface.core import bfm as bfm_lib
+  from jface.core.load import load_model
+  from jface.core.face_model import MissingAssetError
   if os.path.isdir(bfm_dir):
     return bfm_lib.load_3ddfa(bfm_dir, dense=False), f"real BFM from {bfm_dir}"
   try:
-    return bfm_lib.load_model("synthetic"), "jface.bfm.load_model('synthetic') (no BFM folder)"
-  except (ImportError, AttributeError, bfm_lib.MissingAssetError) as e:
+    return load_model("synthetic"), "jface.core.load.load_model('synthetic') (no BFM folder)"
+  except (ImportError, AttributeError, MissingAssetError) as e:
     if str(ROOT) not in sys.path:
       sys.path.insert(0, str(ROOT))
     from tests.helpers.fakes import random_face_model

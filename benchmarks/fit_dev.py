@@ -1,9 +1,9 @@
-"""NME of ``jface.fitting.fit_landmarks`` on AFLW2000-3D (the 68-point 2D protocol of 3DDFA / 2DASL).
+"""NME of ``jface.core.fitting.fit_landmarks`` on AFLW2000-3D (the 68-point 2D protocol of 3DDFA / 2DASL).
 
 Fits the 62 params to the FAN landmarks of the crops (``fan_pts68_crop``, the inputs 2DASL used at test time) and
 to the GT landmarks themselves (the fitting floor: the 40/10-component basis against GT made with 199/29), and
 prints NME (percent) per |yaw| bin [0,30], (30,60], (60,90+] and the mean of the bins, next to the oracle anchors
-(FAN landmarks alone, released 2DASL params) computed with the same code (``jface.metrics.aflw2000_nme``). Also
+(FAN landmarks alone, released 2DASL params) computed with the same code (``jface.eval.metrics.aflw2000_nme``). Also
 prints the fit speed. Last line: ``fit NME (FAN input): <mean of bins>``.
 
   python benchmarks/fit_dev.py --data_dir ../shared/data/aflw2000_3d_dev --bfm_dir ../shared/data/3dmm
@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jface import bfm, fitting, geometry, metrics
+from jface.core import crop
+from jface.core import bfm, fitting, geometry
+from jface.eval import metrics
 
 _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
@@ -81,7 +83,7 @@ def main(argv=None):
     rel = jnp.asarray(meta["released_2dasl_params"], jnp.float32)
     report("released 2DASL params (dev: 3.4631)", geometry.landmarks2d(model, rel))
 
-  gt_crop = np.asarray(geometry.image_to_crop(jnp.asarray(np.swapaxes(gt[:, :2], 1, 2), jnp.float32),
+  gt_crop = np.asarray(crop.image_to_crop(jnp.asarray(np.swapaxes(gt[:, :2], 1, 2), jnp.float32),
                                               jnp.asarray(roi, jnp.float32)))
   (pw_gt, err_gt), speed_gt = timed(gt_crop)
   report("fit to GT landmarks (floor)", geometry.landmarks2d(model, pw_gt), f"reproj {np.nanmean(err_gt):.3f} px")

@@ -3,7 +3,7 @@
   python benchmarks/input_pipeline.py [--data_dir ../shared/data/aflw2000_3d_train] [--seconds 20]
 
 With ``--data_dir`` (the aflw2000_3d_train layout: ``crops/*.jpg`` + ``meta.npz`` (+ ``AFLW2000/*.mat``)) the
-examples come from ``datasets.crops_layout`` (crop decode + .mat labels), or this file's ``CropsFolder``;
+examples come from ``jface.data.crops_layout`` (crop decode + .mat labels), or this file's ``CropsFolder``;
 otherwise a synthetic source decodes in-memory JPEG crops (same decode cost, no disk). Prints a per-stage cost
 (one thread), then the images/s of ``Loader.iter_from`` (augmentation + FLM + batching, ``--threads`` threads)
 beside the train step's demand. Last line: ``pipeline images/s: <number>``.
@@ -18,8 +18,8 @@ import types
 import cv2
 import numpy as np
 
-from datasets import augment as aug
-from datasets import pipeline as pl
+from jface.data import augment as aug
+from jface.data import pipeline as pl
 
 DEMAND = "demand (ResNet-50, CPU): ~10 img/s"
 DEMAND_NOTE = ("2DASL ResNet-50 4-ch train step, batch 32, on this 2-core CPU (/work/shared/README.md: 6.4-13.6 "
@@ -29,7 +29,7 @@ DEMAND_NOTE = ("2DASL ResNet-50 4-ch train step, batch 32, on this 2-core CPU (/
 
 def _decode(data: bytes, name: str) -> np.ndarray:
   try:
-    from datasets.common import decode_image
+    from jface.data.common import decode_image
     return decode_image(data, name)
   except ImportError:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -85,18 +85,18 @@ class JpegSource:
 def _model(bfm_dir: str):
   """The BFM (68-point rows only) if present, else a stand-in with what augmentation uses (mean/std/crop)."""
   if bfm_dir and os.path.isdir(bfm_dir):
-    from jface import bfm
+    from jface.core import bfm
     return bfm.load_3ddfa(bfm_dir, dense=False)
   return types.SimpleNamespace(param_mean=np.zeros(62, np.float32), param_std=np.ones(62, np.float32),
                                crop_size=120)
 
 
 def _source(data_dir: str, model):
-  """The project's reader (datasets.crops_layout, params from the .mat files) when present, else CropsFolder."""
+  """The project's reader (jface.data.crops_layout, params from the .mat files) when present, else CropsFolder."""
   if not data_dir:
     return JpegSource()
   try:
-    from datasets.crops_layout import CropsLayoutSource
+    from jface.data.crops_layout import CropsLayoutSource
   except ImportError:
     return CropsFolder(data_dir)
   if not isinstance(model, types.SimpleNamespace):
@@ -116,12 +116,8 @@ def _per_stage(source, model, cfg, n=200):
   t1 = time.perf_counter()
   exs = [aug.augment(e, rng, model, cfg) for e in exs]
   t2 = time.perf_counter()
-  for e in exs:
-    pl.make_inputs(dict(e, flm_landmarks=e["landmarks"]))
-  t3 = time.perf_counter()
-  ms = lambda a, b: 1e3 * (b - a) / n
-  print(f"per example, 1 thread: read+decode {ms(t0, t1):.3f} ms, augment {ms(t1, t2):.3f} ms, "
-        f"make_inputs {ms(t2, t3):.3f} ms")
+  ms = lambda a, b: 1e3 * (b - a) / n  # noqa: E731
+  print(f"per example, 1 thread: read+decode {ms(t0, t1):.3f} ms, augment {ms(t1, t2):.3f} ms")
 
 
 def main(argv=None):
@@ -144,7 +140,7 @@ def main(argv=None):
   _per_stage(source, model, cfg)
 
   loader = pl.Loader(source, args.batch_size, seed=0, model=model, augment_cfg=cfg, num_threads=args.threads,
-                     prefetch=args.prefetch, landmark_noise_px=1.0, with_inputs=True, drop_remainder=True)
+                     prefetch=args.prefetch, landmark_noise_px=1.0, drop_remainder=True)
   it = loader.iter_from(0)
   for _ in range(2):  # warm-up: threads started, first batches ready
     next(it)

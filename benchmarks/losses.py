@@ -1,4 +1,4 @@
-"""Benchmark: the 2DASL losses of ``jface.losses``, jitted JAX vs a plain Python-loop numpy version, on CPU.
+"""Benchmark: the 2DASL losses of ``jface.methods.twodasl.losses``, jitted JAX vs a plain Python-loop numpy version, on CPU.
 
 Two cases at batch ``--batch`` (default 32):
 
@@ -13,7 +13,7 @@ The numpy side therefore does less work; the reported speedup is conservative. B
 as a cross-check. Times are medians of ``--runs`` calls after one warm-up call, with ``block_until_ready``.
 
 The 3DMM is the real BFM from ``--bfm_dir`` (default ``<repo>/../shared/data/3dmm``) when it exists, else
-``jface.bfm.load_model("synthetic")``, else a random model of the BFM's shapes (the output says which).
+``jface.core.load.load_model("synthetic")``, else a random model of the BFM's shapes (the output says which).
 
 Output: one line per timing; the LAST line is ``speedup: <numpy loop time / jitted time>`` for case (a),
 the L3d loss (case (b)'s ratio is printed on the line before it as ``speedup_full``).
@@ -37,7 +37,7 @@ from _face import load_face  # noqa: E402
 # ------------------------------------------------------------------------------- numpy reference
 
 class NumpyLosses:
-  """The same math as jface.losses, written as plain Python loops over samples, points and coefficients."""
+  """The same math as jface.methods.twodasl.losses, written as plain Python loops over samples, points and coefficients."""
 
   def __init__(self, model):
     self.mean = np.asarray(model.param_mean, np.float64)
@@ -131,8 +131,8 @@ def main():
 
   import jax
   import jax.numpy as jnp
-  from jface import geometry
-  from jface import losses as L
+  from jface.core import geometry
+  from jface.methods.twodasl import losses as L
 
   model, desc = load_face(args.bfm_dir)
   print(f"model: {desc}")

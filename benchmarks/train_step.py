@@ -1,14 +1,18 @@
-"""Benchmark: training throughput of the jface regressors and of the full 2DASL step on this CPU.
+"""Benchmark: training throughput of the jface regressors on this CPU, side by side with PyTorch eager.
 
 Measures, on the first JAX device (CPU here):
 
-(a) the jitted regressor-only train step: ``--model`` (default ResNet-50 in 2DASL's layout), batch ``--batch``
-    (32), 120 x 120 x 4 float inputs, MSE on the 62 outputs, SGD with momentum 0.9, batch norm in training mode
-    (batch statistics + running-average update) -- the same work as a PyTorch ``loss.backward(); opt.step()``;
-(b) the full 2DASL step of ``jface.train_lib.make_train_step`` (configs/2dasl.py default variant: FLM input,
-    cycle losses and self-critic; 3D batch + 2D batch of ``--batch`` each; regressor forward on both batches +
-    the cycle's backward pass, encoder and critic update), run through ``jface.parallel.data_parallel`` on a
-    1-device mesh exactly as ``train.py`` runs it;
+(a) the jitted regressor-only train step of ``jface.models.build_regressor(--model, ...)`` exactly as users get it
+    (nothing patched; ``--conv1x1`` / ``--bn`` pass the layer implementations through, default: the library's):
+    default ResNet-50 in 2DASL's layout, batch ``--batch`` (32), 120 x 120 x 4 float inputs, MSE on the 62
+    outputs, SGD with momentum 0.9, batch norm in training mode (batch statistics + running-average update) --
+    the same work as PyTorch's ``loss.backward(); opt.step()``;
+(t) PyTorch eager doing the same work (``../shared/peers/peer_torch_bench.py``, 2 threads) with ``--torch_python``
+    (default /tmp/torch/bin/python when it exists), interleaved as jax, torch, jax in one run so that both see
+    the same background load;
+(b) with ``--full``: the full 2DASL step (configs/2dasl.py default variant: FLM input, cycle losses and
+    self-critic; 3D + 2D batch of ``--batch`` each) through ``jface.train.parallel.data_parallel`` on a 1-device
+    mesh as ``train.py`` runs it (``_full_2dasl_step`` adapts the training library's API);
 (c) eval-mode forward latency at batch 1 and 64.
 
 It also measures the machine's fp32 matmul peak (a jitted 2048^2 ``jnp.dot``, best of 10) and prints each
@@ -18,44 +22,62 @@ usual estimate 3 x forward MACs x 2 (``jface.models.count_macs``; convs and dens
 XLA flags must be set before jax is imported, so argv is parsed first and ``XLA_FLAGS`` is set from
 ``--xla_flags_preset`` (+ ``--xla_flags``) before the first ``import jax``.
 
-Prototype model variants (same parameter and batch_stats trees; installed by patching ``jface.models.layers``
-before the first trace; ``--verify`` compares outputs, batch stats and gradients with the plain net and a
-float64 evaluation, ``--ab`` times plain and variant alternately in one process):
-``--conv1x1 dot``: every 1 x 1 convolution (bottleneck conv1/conv3, projections) as a strided slice + reshape +
-  ``jnp.dot`` over channels: its backward pass is two plain GEMMs instead of convolutions whose operands XLA
-  transposes first;
-``--bn fused``: batch norm with a hand-written VJP (one reduction + one elementwise pass each way);
-``--maxpool slices``: the stem max-pool as the max of 9 strided slices (tried; no gain).
-
-No flags = the best regressor-only setting measured here (``BEST``; see docs/BENCHMARKS.md): YNNPACK kept off
-convolutions and dots, 1x1 convolutions as dots, fused batch norm, float32, batch 32.
+``--ab`` times two layer settings of the library's model alternately in one process (A: ``--ab_a``, default
+the plain flax layers; B: ``--conv1x1`` / ``--bn``, default the library's); ``--verify`` compares their train-mode
+outputs, batch stats and gradients with each other and with a float64 evaluation.
 
 Times are medians (and minima) of ``--steps`` calls after warm-up, with ``block_until_ready``. Other processes
 on the 2 cores inflate them: the 1-minute load average is printed next to each number.
 
-Output: one line per measurement; the LAST line is ``train_step images/s: <number>`` for (a).
+Output: one line per measurement; then ``torch images/s: N`` and ``jax/torch ratio: R`` (when PyTorch ran);
+the LAST line is ``train_step images/s: <number>`` for (a).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import pathlib
+import re
 import statistics
+import subprocess
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _face import load_face  # noqa: E402
+PEER = ROOT.parent / "shared" / "peers" / "peer_torch_bench.py"
+DEFAULT_TORCH_PYTHON = "/tmp/torch/bin/python"
+
+
+def _full_2dasl_step(config, face, batch3d: dict, batch2d: dict):
+  """Adapter to the training library (its API moves; keep every call to it here).
+
+  -> (step, args): ``step(*args)`` runs one full 2DASL train step on a 1-device 'data' mesh, returning
+  ``(new_state, metrics)``; ``args[0]`` is the state (donated).
+  """
+  from jface import methods
+  from jface.train import parallel
+  mesh = parallel.make_mesh(1)
+  method = methods.of_config(config)
+  mods = method.build(config)
+  state = parallel.replicate(method.init_state(config, mods), mesh)
+  step = parallel.data_parallel(method.make_train_step(config, mods), mesh, 2, 1)
+  batches = {"train_3d": parallel.shard_batch(batch3d, mesh), "train_2d": parallel.shard_batch(batch2d, mesh)}
+  return step, (state, parallel.replicate(face, mesh), batches)
+
+
+sys.path.insert(0, str(ROOT))
+from jface.runtime import XLA_CPU_FLAGS  # noqa: E402  (imports neither numpy nor jax)
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 XLA_PRESETS = {
     "default": "",  # jax 0.10.2: most convolutions and dots go to YNNPACK
     "ynn_individual_conv": YNN + "-individual_convolution",  # convolutions to XLA's Eigen kernels
     "ynn_individual_conv_dot": YNN + "-individual_convolution,-individual_dot",  # convolutions and dots to Eigen
+    "jface": XLA_CPU_FLAGS,  # what train.py / evaluate.py / predict.py set (jface.runtime): the default
 }
-# The best regressor-only setting measured here (docs/BENCHMARKS.md); the no-flag default.
-BEST = dict(xla_flags_preset="ynn_individual_conv_dot", conv1x1="dot", bn="fused", maxpool="reduce_window")
+BEST_XLA_PRESET = "jface"
+PLAIN = {"conv1x1": "conv", "bn": "flax"}  # the plain flax layers
 
 
 def parse_args(argv=None):
@@ -63,33 +85,36 @@ def parse_args(argv=None):
   ap.add_argument("--model", default=None, help="jface.models.build_regressor name (default resnet50; resnet18 "
                                                  "with --quick)")
   ap.add_argument("--batch", type=int, default=32, help="regressor-only batch; also each of the 2 full-step batches")
-  ap.add_argument("--steps", type=int, default=8, help="timed regressor-only steps (median)")
+  ap.add_argument("--steps", type=int, default=8, help="timed regressor-only steps per jax round (median)")
+  ap.add_argument("--full", action="store_true", help="also time (b), the full 2DASL step (off by default)")
   ap.add_argument("--full_steps", type=int, default=3, help="timed full 2DASL steps")
   ap.add_argument("--latency_runs", type=int, default=5, help="timed forward calls per latency batch size")
-  ap.add_argument("--xla_flags_preset", default=BEST["xla_flags_preset"], choices=sorted(XLA_PRESETS))
+  ap.add_argument("--xla_flags_preset", default=BEST_XLA_PRESET, choices=sorted(XLA_PRESETS))
   ap.add_argument("--xla_flags", default="", help="extra XLA flags appended to the preset's")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                   help="computation dtype (params stay float32)")
-  ap.add_argument("--conv1x1", default=BEST["conv1x1"], choices=("conv", "dot"),
-                  help="1x1 convolutions as XLA convs or as reshape + jnp.dot")
-  ap.add_argument("--bn", default=BEST["bn"], choices=("flax", "fused"),
-                  help="flax.linen.BatchNorm or the FusedBatchNorm prototype (hand-written VJP)")
-  ap.add_argument("--maxpool", default=BEST["maxpool"], choices=("reduce_window", "slices"),
-                  help="the stem's 3x3/2 max-pool as flax's reduce_window or as the max of 9 strided slices")
-  ap.add_argument("--skip_full", action="store_true", help="skip (b), the full 2DASL step")
+  ap.add_argument("--conv1x1", default=None, choices=("conv", "dot"),
+                  help="the model's conv1x1 option: 1x1 convolutions as nn.Conv or as GEMMs (default: the "
+                       "library's)")
+  ap.add_argument("--bn", default=None, choices=("flax", "fused"),
+                  help="the model's bn option: nn.BatchNorm or FusedBatchNorm (default: the library's)")
+  ap.add_argument("--torch_python", default=None,
+                  help=f"python with torch for the side-by-side PyTorch run of {PEER.name} (default "
+                       f"{DEFAULT_TORCH_PYTHON} if it exists; 'none' to skip)")
+  ap.add_argument("--torch_steps", type=int, default=None, help="timed PyTorch steps (default: as --steps)")
   ap.add_argument("--skip_latency", action="store_true", help="skip (c), the forward latencies")
   ap.add_argument("--verify", action="store_true",
-                  help="compare the net with --conv1x1/--bn/--maxpool against the plain one and a float64 "
-                       "evaluation (train-mode outputs, batch stats, gradients), then exit")
+                  help="compare --ab_a with --conv1x1/--bn and a float64 evaluation (train-mode outputs, batch "
+                       "stats, gradients), then exit")
   ap.add_argument("--ab", action="store_true",
-                  help="interleaved A/B of the plain net against --conv1x1/--bn/--maxpool (regressor step), then exit")
-  ap.add_argument("--ab_base", default="", help="variants installed in both arms of --ab: comma list of "
-                                               "dot, fused, slices")
+                  help="interleaved A/B of --ab_a against --conv1x1/--bn (regressor step), then exit")
+  ap.add_argument("--ab_a", default="conv,flax",
+                  help="arm A of --ab / --verify as CONV1X1,BN (default conv,flax: the plain flax layers)")
   ap.add_argument("--profile", default="", help="write a jax.profiler trace of 2 regressor steps to this folder "
                                                 "and print the ops that take the most time")
   ap.add_argument("--quick", action="store_true",
-                  help="smoke run: narrow nets (8 filters; resnet18 unless --model), batch 4, 2 steps; numbers "
-                       "are meaningless")
+                  help="smoke run: narrow nets (8 filters; resnet18 unless --model), batch 4, 2 steps, no PyTorch "
+                       "unless --torch_python is given (then 1 step); numbers are meaningless")
   ap.add_argument("--bfm_dir", default=str(ROOT.parent / "shared" / "data" / "3dmm"),
                   help="3DDFA-format 3DMM for the full step (a random model of the same shapes if absent)")
   args = ap.parse_args(argv)
@@ -97,6 +122,17 @@ def parse_args(argv=None):
     args.model = "resnet18" if args.quick else "resnet50"
   if args.quick:
     args.batch, args.steps, args.full_steps, args.latency_runs = min(args.batch, 4), 2, 1, 1
+    args.torch_steps = 1 if args.torch_steps is None else args.torch_steps
+  if args.torch_steps is None:
+    args.torch_steps = args.steps
+  if args.torch_python is None and not args.quick and os.path.exists(DEFAULT_TORCH_PYTHON):
+    args.torch_python = DEFAULT_TORCH_PYTHON
+  if args.torch_python in ("", "none"):
+    args.torch_python = None
+  a = args.ab_a.split(",")
+  if len(a) != 2 or a[0] not in ("conv", "dot") or a[1] not in ("flax", "fused"):
+    ap.error(f"--ab_a must be CONV1X1,BN with CONV1X1 in conv|dot and BN in flax|fused, got {args.ab_a!r}")
+  args.ab_a = {"conv1x1": a[0], "bn": a[1]}
   return args
 
 
@@ -114,8 +150,8 @@ def load1() -> float:
 
 
 def timed(fn, n: int, warmup: int = 1):
-  """-> (median s, min s, load average before, after, process CPU s per call) of ``n`` calls of ``fn`` after
-  ``warmup`` calls. CPU time (all threads) is less sensitive to other processes than wall time."""
+  """-> (list of n wall times s, load average before, after, process CPU s per call) of ``n`` calls of ``fn``
+  after ``warmup`` calls. CPU time (all threads) is less sensitive to other processes than wall time."""
   for _ in range(warmup):
     fn()
   la0, c0 = load1(), time.process_time()
@@ -124,161 +160,29 @@ def timed(fn, n: int, warmup: int = 1):
     t0 = time.perf_counter()
     fn()
     ts.append(time.perf_counter() - t0)
-  return statistics.median(ts), min(ts), la0, load1(), (time.process_time() - c0) / n
-
-
-# --------------------------------------------------------------------------- prototypes (model variants)
-
-def install_conv1x1_dot():
-  """Makes ``jface.models.layers.conv`` build ``Conv1x1Dot`` for 1 x 1 kernels (ResNet blocks call it at trace
-  time, so this must run before the first trace). Same parameter names, shapes and init."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-  from jface.models import layers
-
-  class Conv1x1Dot(nn.Conv):
-    """A bias-free 1 x 1 conv (stride s, no padding) as x[:, ::s, ::s] reshaped to (N, C) @ kernel (C, O)."""
-
-    @nn.compact
-    def __call__(self, x):
-      s = self.strides[0] if isinstance(self.strides, (tuple, list)) else (self.strides or 1)
-      kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-      if s != 1:
-        x = x[:, ::s, ::s, :]
-      b, h, w, c = x.shape
-      y = jnp.dot(jnp.asarray(x, self.dtype).reshape(b * h * w, c),
-                  jnp.asarray(kernel, self.dtype).reshape(c, self.features))
-      return y.reshape(b, h, w, self.features)
-
-  orig = layers.conv
-
-  def conv(features, kernel, stride=1, *, groups=1, dtype=jnp.float32, name=None):
-    if kernel != 1 or groups != 1:
-      return orig(features, kernel, stride, groups=groups, dtype=dtype, name=name)
-    return Conv1x1Dot(features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=False,
-                      kernel_init=layers.conv_init, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-  layers.conv = conv
-  return orig
-
-
-def install_fused_bn():
-  """Makes ``jface.models.layers.batch_norm`` build ``FusedBatchNorm``: the same variables as flax's BatchNorm
-  (params scale/bias, batch_stats mean/var, momentum and epsilon as given) with a hand-written VJP, so training
-  mode is exactly one reduction pass + one elementwise pass forward and the same backward. Prototype: with an
-  ``axis_name`` the statistics are psum-ed over it (checked on a 1-device mesh only)."""
-  import functools
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from jface.models import layers
-
-  def _sum(v, axis_name):  # sum over all but the channel axis (and over the mapped axis)
-    v = jnp.sum(v, tuple(range(v.ndim - 1)))
-    return v if axis_name is None else jax.lax.psum(v, axis_name)
-
-  def _count(x, axis_name):
-    n = x.size // x.shape[-1]
-    return n if axis_name is None else n * jax.lax.psum(1, axis_name)
-
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-  def bn_train(x, scale, bias, eps, axis_name):
-    return _fwd(x, scale, bias, eps, axis_name)[0]
-
-  def _fwd(x, scale, bias, eps, axis_name):
-    xf = x.astype(jnp.float32)
-    n = _count(x, axis_name)
-    mean = _sum(xf, axis_name) / n
-    var = jnp.maximum(_sum(jnp.square(xf), axis_name) / n - jnp.square(mean), 0.0)
-    rstd = jax.lax.rsqrt(var + eps)
-    a = scale * rstd
-    y = (xf * a + (bias - mean * a)).astype(x.dtype)
-    # mean / var are returned for the running averages only: their cotangents are ignored (stop_gradient'ed)
-    return (y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)), (x, mean, rstd, scale)
-
-  def _bwd(eps, axis_name, res, g):
-    x, mean, rstd, scale = res
-    gy = g[0].astype(jnp.float32)
-    xhat = (x.astype(jnp.float32) - mean) * rstd
-    axes = tuple(range(x.ndim - 1))
-    dbias, dscale = jnp.sum(gy, axes), jnp.sum(gy * xhat, axes)  # this device's parameter gradients
-    gb, gs = (dbias, dscale) if axis_name is None else (jax.lax.psum(dbias, axis_name),
-                                                         jax.lax.psum(dscale, axis_name))
-    dx = (scale * rstd) * (gy - (gb + xhat * gs) / _count(x, axis_name))
-    return dx.astype(x.dtype), dscale, dbias
-
-  bn_train.defvjp(_fwd, _bwd)
-
-  class FusedBatchNorm(nn.Module):
-    use_running_average: bool
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: object = jnp.float32
-    axis_name: str | None = None
-    scale_init: object = nn.initializers.ones
-
-    @nn.compact
-    def __call__(self, x):
-      c = x.shape[-1]
-      ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-      ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-      scale = self.param("scale", self.scale_init, (c,), jnp.float32)
-      bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-      x = jnp.asarray(x, self.dtype)
-      if self.use_running_average:
-        a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-        return (x.astype(jnp.float32) * a + (bias - ra_mean.value * a)).astype(self.dtype)
-      y, mean, var = bn_train(x, scale, bias, self.epsilon, self.axis_name)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-      return y
-
-  orig = layers.batch_norm
-
-  def batch_norm(train, *, dtype=jnp.float32, axis_name=None, momentum=0.9, zero_scale=False, name=None):
-    return FusedBatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
-                          axis_name=axis_name, scale_init=nn.initializers.zeros if zero_scale else
-                          nn.initializers.ones, name=name)
-
-  layers.batch_norm = batch_norm
-  return orig
-
-
-def install_slice_maxpool():
-  """Makes ``jface.models.layers.max_pool_3x3_s2`` (the ResNet stem pool) the max of 9 strided slices of the
-  -inf-padded input. Same forward; its autodiff gradient is a chain of selects instead of XLA's variadic
-  reduce-window argmax (4 int32 iota maps of the padded input). Ties split the gradient where the argmax picks
-  one input, but the pool follows a ReLU, whose gradient is zero at the only likely ties (zeros)."""
-  import jax.numpy as jnp
-  from jface.models import layers
-
-  def max_pool_3x3_s2(x):
-    b, h, w, c = x.shape
-    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-    out = None
-    for i in range(3):
-      for j in range(3):
-        tap = xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2, :]
-        out = tap if out is None else jnp.maximum(out, tap)
-    return out
-
-  orig = layers.max_pool_3x3_s2
-  layers.max_pool_3x3_s2 = max_pool_3x3_s2
-  return orig
-
-
-def install_variants(args):
-  if args.conv1x1 == "dot":
-    install_conv1x1_dot()
-  if args.bn == "fused":
-    install_fused_bn()
-  if args.maxpool == "slices":
-    install_slice_maxpool()
+  return ts, la0, load1(), (time.process_time() - c0) / n
 
 
 # ------------------------------------------------------------------------------------------ pieces
+
+def layer_kw(args) -> dict:
+  """The layer options given on the command line (none: the library's defaults)."""
+  return {k: v for k, v in (("conv1x1", args.conv1x1), ("bn", args.bn)) if v is not None}
+
+
+def build_model(args, bn_axis_name=None, **layer_options):
+  """``jface.models.build_regressor`` as a user calls it (``layer_options`` only when given)."""
+  import jax.numpy as jnp
+  from jface import models
+  kw = {"num_filters": 8} if args.quick and args.model.startswith("resnet") else {}
+  return models.build_regressor(args.model, in_channels=4, dtype=jnp.dtype(args.dtype), bn_axis_name=bn_axis_name,
+                                **kw, **layer_options)
+
+
+def describe(model) -> str:
+  fields = [f"{k}={getattr(model, k)!r}" for k in ("conv1x1", "bn") if hasattr(model, k)]
+  return f"{type(model).__name__}({', '.join(fields) or 'no layer options'})"
+
 
 def matmul_peak(n: int = 2048, reps: int = 10):
   import jax
@@ -286,8 +190,8 @@ def matmul_peak(n: int = 2048, reps: int = 10):
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(jnp.dot)
-  med, best, la0, la1, cpu = timed(lambda: f(a, b).block_until_ready(), reps, warmup=2)
-  return 2 * n ** 3 / best / 1e9, 2 * n ** 3 / med / 1e9, la0
+  ts, la0, _, _ = timed(lambda: f(a, b).block_until_ready(), reps, warmup=2)
+  return 2 * n ** 3 / min(ts) / 1e9, 2 * n ** 3 / statistics.median(ts) / 1e9, la0
 
 
 def flops_of(compiled) -> float:
@@ -295,14 +199,6 @@ def flops_of(compiled) -> float:
   if isinstance(ca, (list, tuple)):
     ca = ca[0]
   return float(ca.get("flops", float("nan"))) if ca else float("nan")
-
-
-def build_model(args, bn_axis_name=None):
-  import jax.numpy as jnp
-  from jface import models
-  kw = {"num_filters": 8} if args.quick and args.model.startswith("resnet") else {}
-  return models.build_regressor(args.model, in_channels=4, dtype=jnp.dtype(args.dtype), bn_axis_name=bn_axis_name,
-                                **kw)
 
 
 def regressor_step_fns(args, model):
@@ -335,38 +231,82 @@ def regressor_step_fns(args, model):
   return init, jax.jit(step, donate_argnums=(0,)), (x, y)
 
 
-def bench_regressor(args, macs_per_image: int, peak: float):
-  import jax
-  model = build_model(args)
-  init, step, (x, y) = regressor_step_fns(args, model)
-  state = init()
-  t0 = time.perf_counter()
-  compiled = step.lower(state, x, y).compile()
-  t_compile = time.perf_counter() - t0
-  xla_flops = flops_of(compiled)
-  box = [state]
+class RegressorBench:
+  """The compiled regressor-only step (a) of the library's model; ``round()`` times ``--steps`` more steps."""
 
-  def run():
-    box[0], loss = compiled(box[0], x, y)
+  def __init__(self, args, macs_per_image: int, peak: float, **layer_options):
+    model = build_model(args, **layer_options)
+    self.args, self.peak, self.desc = args, peak, describe(model)
+    init, step, (self.x, self.y) = regressor_step_fns(args, model)
+    self.state = init()
+    t0 = time.perf_counter()
+    self.compiled = step.lower(self.state, self.x, self.y).compile()
+    self.t_compile = time.perf_counter() - t0
+    self.xla_flops = flops_of(self.compiled)
+    self.est_flops = 3 * 2 * macs_per_image * args.batch
+    self.times = []
+    self.warm = False
+
+  def step(self):
+    import jax
+    self.state, loss = self.compiled(self.state, self.x, self.y)
     jax.block_until_ready(loss)
 
-  med, best, la0, la1, cpu = timed(run, args.steps, warmup=2)
-  est_flops = 3 * 2 * macs_per_image * args.batch
-  ips = args.batch / med
-  print(f"(a) regressor step {args.model} batch {args.batch} {args.dtype}: compile {t_compile:.1f} s, "
-        f"median {med * 1e3:.0f} ms (min {best * 1e3:.0f} ms) over {args.steps} steps, load {la0:.2f}->{la1:.2f}, CPU {cpu * 1e3:.0f} ms/step")
-  print(f"(a) FLOPs/step: XLA cost analysis {xla_flops / 1e9:.1f} G, 3x fwd MACs x2 {est_flops / 1e9:.1f} G; "
-        f"achieved {est_flops / med / 1e9:.1f} GFLOP/s (estimate) = {est_flops / med / 1e9 / peak:.1%} of the "
-        f"matmul peak ({xla_flops / med / 1e9 / peak:.1%} with XLA's count)")
-  print(f"(a) images/s: {ips:.2f} (median), {args.batch / best:.2f} (best step)")
-  return ips
+  def round(self, label: str) -> float:
+    args = self.args
+    ts, la0, la1, cpu = timed(self.step, args.steps, warmup=0 if self.warm else 2)
+    self.warm = True
+    self.times += ts
+    med = statistics.median(ts)
+    print(f"(a) {label}: {args.model} {self.desc} batch {args.batch} {args.dtype}: median {med * 1e3:.0f} ms "
+          f"(min {min(ts) * 1e3:.0f} ms) over {args.steps} steps = {args.batch / med:.2f} images/s, "
+          f"load {la0:.2f}->{la1:.2f}, CPU {cpu * 1e3:.0f} ms/step")
+    return args.batch / med
+
+  def summary(self) -> float:
+    args, med = self.args, statistics.median(self.times)
+    print(f"(a) compile {self.t_compile:.1f} s; FLOPs/step: XLA cost analysis {self.xla_flops / 1e9:.1f} G, 3x fwd "
+          f"MACs x2 {self.est_flops / 1e9:.1f} G; achieved {self.est_flops / med / 1e9:.1f} GFLOP/s (estimate) = "
+          f"{self.est_flops / med / 1e9 / self.peak:.1%} of the matmul peak "
+          f"({self.xla_flops / med / 1e9 / self.peak:.1%} with XLA's count)")
+    ips = args.batch / med
+    print(f"(a) images/s: {ips:.2f} (median of all {len(self.times)} steps), {args.batch / min(self.times):.2f} "
+          f"(best step), load {load1():.2f}")
+    return ips
+
+
+def torch_peer(args):
+  """Runs the PyTorch peer once; -> (images/s or None, one-line description)."""
+  if not PEER.exists():
+    return None, f"PyTorch peer not found at {PEER}"
+  variant = {"resnet50": "2dasl", "resnet50_standard": "torchvision"}.get(args.model)
+  caveat = ""
+  if variant is None or args.batch != 32 or args.dtype != "float32" or args.quick:
+    variant = variant or "2dasl"
+    caveat = (f" [NOT comparable: the peer always runs ResNet-50 ({variant}), batch 32, float32; this run is "
+              f"{args.model}, batch {args.batch}, {args.dtype}{', --quick' if args.quick else ''}]")
+  cmd = [args.torch_python, str(PEER), variant, str(args.torch_steps)]
+  la0, t0 = load1(), time.perf_counter()
+  try:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return None, f"PyTorch peer failed to run: {e}"
+  wall, la1 = time.perf_counter() - t0, load1()
+  m = re.search(r"torch images/s:\s*([0-9.eE+-]+)", res.stdout)
+  if res.returncode != 0 or not m:
+    return None, f"PyTorch peer failed (rc {res.returncode}): {(res.stderr or res.stdout).strip()[-500:]}"
+  ver = subprocess.run([args.torch_python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                       text=True).stdout.strip() or "?"
+  ips = float(m.group(1))
+  return ips, (f"(t) PyTorch {ver} eager ({PEER.name} {variant} {args.torch_steps}, 2 threads): {ips:.2f} images/s "
+               f"(median), load {la0:.2f}->{la1:.2f}, wall {wall:.0f} s{caveat}")
 
 
 def fake_batch(face, n: int, seed: int, with_params: bool) -> dict:
   """A pipeline-like batch (numpy): uint8 120 x 120 RGB, params, landmarks consistent with the params."""
   import jax.numpy as jnp
   import numpy as np
-  from jface import geometry
+  from jface.core import geometry
   rng = np.random.default_rng(seed)
   pw = (rng.normal(size=(n, 62)) * 0.3).astype(np.float32)
   lm = np.asarray(geometry.landmarks2d(face, jnp.asarray(pw)), np.float32)
@@ -376,41 +316,35 @@ def fake_batch(face, n: int, seed: int, with_params: bool) -> dict:
 
 
 def bench_full(args, peak: float):
-  import importlib.util
   import jax
-  from jface import parallel, train_lib
-  spec = importlib.util.spec_from_file_location("config_2dasl", ROOT / "configs" / "2dasl.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(None)
+  from _face import load_face
+  from jface import configs
+  config = configs.load("2dasl")
   config.model, config.dtype = args.model, args.dtype
   config.batch_size = config.batch_size_2d = args.batch
   if args.quick:
     config.model_kwargs = {"num_filters": 8} if args.model.startswith("resnet") else {}
     config.encoder_kwargs = {"channels": (8, 8, 8, 8, 8, 8)}
+  if layer_kw(args):
+    config.model_kwargs = {**dict(getattr(config, "model_kwargs", None) or {}), **layer_kw(args)}
   face, desc = load_face(args.bfm_dir)
-  mesh = parallel.make_mesh(1)
-  mods = train_lib.make_modules(config)
-  state = parallel.replicate(train_lib.init_state(config, mods), mesh)
-  step = parallel.data_parallel(train_lib.make_train_step(config, mods), mesh, 2, 2)
-  face_r = parallel.replicate(face, mesh)
-  b3 = parallel.shard_batch(fake_batch(face, args.batch, 1, True), mesh)
-  b2 = parallel.shard_batch(fake_batch(face, args.batch, 2, False), mesh)
+  step, step_args = _full_2dasl_step(config, face, fake_batch(face, args.batch, 1, True),
+                                     fake_batch(face, args.batch, 2, False))
   t0 = time.perf_counter()
-  compiled = step.lower(state, face_r, b3, b2).compile()
+  compiled = step.lower(*step_args).compile()
   t_compile = time.perf_counter() - t0
   xla_flops = flops_of(compiled)
-  box = [state]
+  box = list(step_args)
 
   def run():
-    box[0], metrics = compiled(box[0], face_r, b3, b2)
+    box[0], metrics = compiled(*box)
     jax.block_until_ready(metrics)
 
-  med, best, la0, la1, cpu = timed(run, args.full_steps, warmup=1)
-  n_img = 2 * args.batch
-  print(f"(b) full 2DASL step (variant {config.variant}: flm+cyc+sc, {args.model}, {args.batch}+{args.batch}, "
-        f"{args.dtype}, {desc}): compile {t_compile:.1f} s, median {med:.2f} s (min {best:.2f} s) over "
-        f"{args.full_steps} steps, load {la0:.2f}->{la1:.2f}, CPU {cpu:.2f} s/step")
+  ts, la0, la1, cpu = timed(run, args.full_steps, warmup=1)
+  med, n_img = statistics.median(ts), 2 * args.batch
+  print(f"(b) full 2DASL step (variant {config.variant}, {args.model}, {args.batch}+{args.batch}, {args.dtype}, "
+        f"{desc}): compile {t_compile:.1f} s, median {med:.2f} s (min {min(ts):.2f} s) over {args.full_steps} "
+        f"steps, load {la0:.2f}->{la1:.2f}, CPU {cpu:.2f} s/step")
   print(f"(b) XLA FLOPs/step {xla_flops / 1e9:.1f} G = {xla_flops / med / 1e9:.1f} GFLOP/s = "
         f"{xla_flops / med / 1e9 / peak:.1%} of the matmul peak")
   print(f"(b) full step images/s: {n_img / med:.2f} ({n_img} images per step; {1 / med:.3f} steps/s)")
@@ -420,44 +354,48 @@ def bench_latency(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  model = build_model(args)
+  model = build_model(args, **layer_kw(args))
   v = jax.jit(lambda k: model.init(k, jnp.zeros((2, 120, 120, 4)), train=False))(jax.random.key(0))
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
   for b in (1, 64):
     x = jnp.asarray(np.random.default_rng(b).uniform(-1, 1, size=(b, 120, 120, 4)).astype(np.float32))
-    med, best, la0, la1, cpu = timed(lambda: fwd(v, x).block_until_ready(), args.latency_runs if b > 1 else
-                                max(args.latency_runs, 20 if not args.quick else 1), warmup=1)
-    print(f"(c) forward latency {args.model} eval batch {b}: median {med * 1e3:.1f} ms (min {best * 1e3:.1f} ms) "
+    n = args.latency_runs if b > 1 else max(args.latency_runs, 1 if args.quick else 20)
+    ts, la0, la1, cpu = timed(lambda: fwd(v, x).block_until_ready(), n, warmup=1)
+    med = statistics.median(ts)
+    print(f"(c) forward latency {args.model} eval batch {b}: median {med * 1e3:.1f} ms (min {min(ts) * 1e3:.1f} ms) "
           f"= {b / med:.1f} images/s, load {la0:.2f}->{la1:.2f}, CPU {cpu * 1e3:.1f} ms")
 
 
-def verify_conv1x1(args):
-  """Train-mode outputs, new batch stats and gradients of the net with 1x1 convs as convs and as dots (float32),
-  each compared with a float64 evaluation of the conv version: the dot version must be as close to it as the
-  conv version is (float32 rounding only)."""
+def verify(args):
+  """Train-mode outputs, new batch stats and gradients of arm A (``--ab_a``) and arm B (``--conv1x1`` / ``--bn``)
+  on the same variables: both in float32, each compared with a float64 evaluation of A (B should be about as close
+  to it as A: float32 rounding only), and B in float64 against A in float64 (the same math: ~1e-12)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  jax.config.update("jax_enable_x64", True)
   _, _, (x, y) = regressor_step_fns(args, build_model(args))
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  v32 = jax.jit(lambda k: build_model(args).init(k, jnp.zeros((2, 120, 120, 4), jnp.float32), train=False))(
+      jax.random.key(0))
 
-  def run(dtype):
-    model = build_model(args).clone(dtype=dtype)
-    v = jax.jit(lambda k: model.init(k, jnp.zeros((2, 120, 120, 4), jnp.float32), train=False))(jax.random.key(0))
-    v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), v)
+  def run(dtype, **layer_options):
+    model = build_model(args, **layer_options).clone(dtype=dtype)
+    v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), v32)
 
-    def loss_fn(p):
-      out, new = model.apply({"params": p, "batch_stats": v["batch_stats"]}, jnp.asarray(x, dtype), train=True,
-                             mutable=["batch_stats"])
-      return jnp.mean(jnp.square(out - jnp.asarray(y, dtype))), (out, new["batch_stats"])
+    def loss_fn(p, bs, x, y):
+      out, new = model.apply({"params": p, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
+      return jnp.mean(jnp.square(out - y)), (out, new["batch_stats"])
 
-    (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(v["params"])
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), jax.device_get((aux[0], aux[1], g)))
+    (_, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(v["params"], v["batch_stats"],
+                                                                      jnp.asarray(x, dtype), jnp.asarray(y, dtype))
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), jax.device_get((aux[0], aux[1], g))), model
 
-  ref64, conv32 = run(jnp.float64), run(jnp.float32)
-  install_variants(args)
-  dot32 = run(jnp.float32)
+  with jax.enable_x64(True):
+    ref64, _ = run(jnp.float64, **args.ab_a)
+    b64, _ = run(jnp.float64, **layer_kw(args))
+  a32, model_a = run(jnp.float32, **args.ab_a)
+  b32, model_b = run(jnp.float32, **layer_kw(args))
+  print(f"verify: A = {describe(model_a)}, B = {describe(model_b)}, {args.model} batch {args.batch}")
 
   def err(a, b):  # worst leaf of max|a - b| / max|b|
     return max(float(np.max(np.abs(p - q)) / (np.max(np.abs(q)) + 1e-30))
@@ -468,32 +406,23 @@ def verify_conv1x1(args):
     return float(np.sqrt(sum(np.sum((p - q) ** 2) for p, q in zip(la, lb)) / sum(np.sum(q ** 2) for q in lb)))
 
   for i, name in enumerate(("train output", "batch stats", "gradients")):
-    print(f"verify {name}: worst-leaf max|diff|/max|f64|: plain f32 {err(conv32[i], ref64[i]):.2e}, "
-          f"variant f32 {err(dot32[i], ref64[i]):.2e}; variant vs plain {err(dot32[i], conv32[i]):.2e} | "
-          f"global ||diff||/||f64||: plain {gerr(conv32[i], ref64[i]):.2e}, variant {gerr(dot32[i], ref64[i]):.2e}")
+    print(f"verify {name}: worst-leaf max|diff|/max|f64|: A f32 {err(a32[i], ref64[i]):.2e}, "
+          f"B f32 {err(b32[i], ref64[i]):.2e}; B vs A {err(b32[i], a32[i]):.2e} | "
+          f"global ||diff||/||f64||: A {gerr(a32[i], ref64[i]):.2e}, B {gerr(b32[i], ref64[i]):.2e} | "
+          f"B vs A in float64 (same math?): {err(b64[i], ref64[i]):.2e}")
 
 
 def ab_compare(args):
-  """Interleaved A/B: the plain net (1x1 convs, flax BN) against ``--conv1x1`` / ``--bn`` as given, stepping them
-  alternately in one process so that both see the same background load. Prints the median per-step wall and
-  process-CPU time of each and the ratio."""
+  """Interleaved A/B: the library's model with ``--ab_a`` (default: plain flax layers) against ``--conv1x1`` /
+  ``--bn`` (default: the library's), stepping them alternately in one process so that both see the same
+  background load. Prints the median per-step wall and process-CPU time of each and the ratio B/A."""
   import jax
-  base = [v for v in args.ab_base.split(",") if v]
-  if "dot" in base:
-    install_conv1x1_dot()
-  if "fused" in base:
-    install_fused_bn()
-  if "slices" in base:
-    install_slice_maxpool()
   runs = {}
-  for name in ("plain", "variant"):
-    if name == "variant":
-      install_variants(args)
-    model = build_model(args)  # traced below, after the patches (if any) are installed
+  for name, opts in (("A", args.ab_a), ("B", layer_kw(args))):
+    model = build_model(args, **opts)
     init, step, (x, y) = regressor_step_fns(args, model)
     state = init()
-    compiled = step.lower(state, x, y).compile()
-    runs[name] = [compiled, state, x, y]
+    runs[name] = [step.lower(state, x, y).compile(), state, x, y, describe(model)]
   times = {k: ([], []) for k in runs}
   for i in range(args.steps + 1):
     for name, r in (runs.items() if i % 2 == 0 else reversed(list(runs.items()))):
@@ -505,9 +434,9 @@ def ab_compare(args):
         times[name][1].append(time.process_time() - c0)
   med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in times.items()}
   for k, (w, c) in med.items():
-    print(f"ab {k:8s}: median wall {w * 1e3:.0f} ms, CPU {c * 1e3:.0f} ms per step ({args.batch / w:.2f} images/s)")
-  print(f"ab base [{args.ab_base}]; variant/plain (--conv1x1 {args.conv1x1} --bn {args.bn} --maxpool {args.maxpool}): wall {med['variant'][0] / med['plain'][0]:.3f}, "
-        f"CPU {med['variant'][1] / med['plain'][1]:.3f}; load {load1():.2f}")
+    print(f"ab {k} {runs[k][4]}: median wall {w * 1e3:.0f} ms, CPU {c * 1e3:.0f} ms per step "
+          f"({args.batch / w:.2f} images/s)")
+  print(f"ab B/A: wall {med['B'][0] / med['A'][0]:.3f}, CPU {med['B'][1] / med['A'][1]:.3f}; load {load1():.2f}")
 
 
 def profile(args, folder: str):
@@ -517,8 +446,7 @@ def profile(args, folder: str):
   import gzip
   import json
   import jax
-  model = build_model(args)
-  init, step, (x, y) = regressor_step_fns(args, model)
+  init, step, (x, y) = regressor_step_fns(args, build_model(args, **layer_kw(args)))
   state = init()
   for _ in range(2):
     state, loss = step(state, x, y)
@@ -550,36 +478,45 @@ def main(argv=None):
   import jax.numpy as jnp
   from jface import models
 
-  defaults = all(getattr(args, k) == v for k, v in BEST.items())
-  print(f"setting: --xla_flags_preset {args.xla_flags_preset} --conv1x1 {args.conv1x1} --bn {args.bn} "
-        f"--maxpool {args.maxpool} "
-        f"--dtype {args.dtype} --batch {args.batch}"
-        + (" (the best regressor-only setting measured, the default)" if defaults else ""))
+  model = build_model(args, **layer_kw(args))
+  print(f"setting: {args.model} {describe(model)} (options given: {layer_kw(args) or 'none, library defaults'}), "
+        f"--xla_flags_preset {args.xla_flags_preset} --dtype {args.dtype} --batch {args.batch}")
   print(f"XLA_FLAGS={xla_flags!r}")
   print(f"jax {jax.__version__}, device {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
         + (", QUICK (smoke run, numbers meaningless)" if args.quick else ""))
   if args.verify:
-    verify_conv1x1(args)
+    verify(args)
     return
   if args.ab:
     ab_compare(args)
     return
-  # MACs of the plain conv net (count_macs sees Conv1x1Dot as an nn.Conv too)
-  macs = models.count_macs(build_model(args), jax.ShapeDtypeStruct((1, 120, 120, 4), jnp.float32))
-  install_variants(args)
   if args.profile:
     profile(args, args.profile)
     return
+  macs = models.count_macs(model, jax.ShapeDtypeStruct((1, 120, 120, 4), jnp.float32))
   peak, peak_med, la = matmul_peak(512 if args.quick else 2048)
   print(f"fp32 matmul peak (jnp.dot {512 if args.quick else 2048}^2): {peak:.1f} GFLOP/s best, "
         f"{peak_med:.1f} median, load {la:.2f}")
   print(f"{args.model}: {macs / 1e9:.3f} GMAC per 120x120x4 image (forward)")
   if not args.skip_latency:
     bench_latency(args)
-  if not args.skip_full:
+  if args.full:
     bench_full(args, peak)
-  ips = bench_regressor(args, macs, peak)
+  bench = RegressorBench(args, macs, peak, **layer_kw(args))
+  bench.round("jax round 1")
+  torch_ips = None
+  if args.torch_python:
+    torch_ips, line = torch_peer(args)  # between two jax rounds: both see the same background load
+    print(line)
+    bench.round("jax round 2")
+  else:
+    print(f"(t) PyTorch side-by-side skipped: no --torch_python ({DEFAULT_TORCH_PYTHON} "
+          f"{'ignored with --quick' if args.quick else 'does not exist'})")
+  ips = bench.summary()
+  if torch_ips:
+    print(f"torch images/s: {torch_ips:.2f}")
+    print(f"jax/torch ratio: {ips / torch_ips:.3f}")
   print(f"train_step images/s: {ips:.2f}")
 
 

@@ -44,7 +44,7 @@ def wild_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def bfm(bfm_dir):
-  from jface import bfm as bfm_lib
+  from jface.core import bfm as bfm_lib
   return bfm_lib.load_3ddfa(str(bfm_dir))
 
 

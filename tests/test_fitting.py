@@ -1,4 +1,4 @@
-"""Tests for jface.fitting: 3DMM fitting to (partial, noisy) 2D landmarks.
+"""Tests for jface.core.fitting: 3DMM fitting to (partial, noisy) 2D landmarks.
 
 Fits run with batch 7 and 1; both are padded to 8 inside, so the module compiles the fit once for both models.
 """
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jface import fitting, geometry
-from jface.bfm import FaceModel
+from jface.core import fitting, geometry
+from jface.core.face_model import FaceModel
 
 B = 7
 EXACT = dict(shape_prior=1e-3, exp_prior=1e-3)  # (almost) no prior: noise-free data must be reproduced

@@ -1,4 +1,4 @@
-"""jface.bfm and jface.geometry against plain numpy references and closed forms."""
+"""jface.core.bfm and jface.core.geometry against plain numpy references and closed forms."""
 from __future__ import annotations
 
 import chex
@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jface import bfm as bfm_lib
-from jface import geometry as g
+from jface.core import crop
+from jface.core import bfm as bfm_lib
+from jface.core.face_model import FaceModel, MissingAssetError
+from jface.core import geometry as g
 from tests.helpers.fakes import random_face_model
 
 
@@ -70,7 +72,7 @@ def test_hand_checked_projection():
   pts = np.zeros((68, 3), np.float32)
   pts[0] = [10.0, 20.0, 30.0]
   f = jnp.asarray
-  m = bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(np.zeros((204, 40), np.float32)),
+  m = FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(np.zeros((204, 40), np.float32)),
                         w_exp_base=f(np.zeros((204, 10), np.float32)),
                         param_mean=f(np.zeros(62, np.float32)), param_std=f(np.ones(62, np.float32)))
   p = np.zeros(62, np.float32)
@@ -78,7 +80,7 @@ def test_hand_checked_projection():
   v = g.landmarks3d(m, jnp.asarray(p))[0]
   np.testing.assert_allclose(v, [2 * 10 + 5, 121 - (2 * 20 + 7), 2 * 30 + 1])
   box = jnp.asarray([100.0, 50.0, 340.0, 290.0])  # 240 px box: factor 2
-  img = g.crop_to_image(v[None], box)[0]
+  img = crop.crop_to_image(v[None], box)[0]
   np.testing.assert_allclose(img, [25 * 2 + 100, 74 * 2 + 50, 61 * 2], rtol=1e-6)
 
 
@@ -86,9 +88,9 @@ def test_crop_image_roundtrip():
   rng = np.random.default_rng(4)
   pts = jnp.asarray(rng.uniform(0, 120, size=(6, 68, 3)), jnp.float32)
   box = jnp.asarray(np.c_[rng.uniform(0, 50, (6, 2)), rng.uniform(200, 400, (6, 2))], jnp.float32)
-  back = g.image_to_crop(g.crop_to_image(pts, box), box)
+  back = crop.image_to_crop(crop.crop_to_image(pts, box), box)
   np.testing.assert_allclose(back, pts, atol=1e-3)
-  np.testing.assert_allclose(g.crop_to_image(pts[..., :2], box), g.crop_to_image(pts, box)[..., :2], rtol=1e-6)
+  np.testing.assert_allclose(crop.crop_to_image(pts[..., :2], box), crop.crop_to_image(pts, box)[..., :2], rtol=1e-6)
 
 
 @pytest.mark.parametrize("angles", [(30.0, 10.0, -20.0), (-75.0, 40.0, 5.0), (0.0, 0.0, 0.0), (89.0, -5.0, 3.0)])
@@ -118,31 +120,6 @@ def test_rotation_from_params_and_pose_angles(model):
   np.testing.assert_allclose(g.pose_angles(model, pw), angles, atol=5e-2)
 
 
-def test_landmark_map_closed_form():
-  pts = jnp.asarray([[[1.0, 1.0], [120.0, 120.0], [60.4, 30.6], [0.2, 5.0], [np.nan, 3.0], [10.0, 10.0]]])
-  mask = jnp.asarray([[True, True, True, True, True, False]])
-  m = g.landmark_map(pts, 120, mask)
-  chex.assert_shape(m, (1, 120, 120))
-  chex.assert_type(m, jnp.float32)
-  want = -np.ones((120, 120), np.float32)
-  want[0, 0] = want[119, 119] = want[30, 59] = 1  # (x, y) -> [round(y) - 1, round(x) - 1]
-  np.testing.assert_array_equal(m[0], want)  # out-of-crop, NaN and masked points are not drawn
-
-
-def test_landmark_map_batched_vs_numpy():
-  rng = np.random.default_rng(5)
-  pts = rng.uniform(-5, 125, size=(2, 3, 68, 2)).astype(np.float32)
-  m = np.asarray(jax.jit(g.landmark_map)(jnp.asarray(pts)))
-  chex.assert_shape(m, (2, 3, 120, 120))
-  for b in np.ndindex(2, 3):
-    ref = -np.ones((120, 120), np.float32)
-    for x, y in pts[b]:
-      c, r = int(np.round(x)) - 1, int(np.round(y)) - 1
-      if 0 <= c < 120 and 0 <= r < 120:
-        ref[r, c] = 1
-    np.testing.assert_array_equal(m[b], ref)
-
-
 def test_gradients_are_finite(model):
   pw = jnp.asarray(np.random.default_rng(6).normal(size=(3, 62)), jnp.float32)
   grad = jax.grad(lambda q: jnp.sum(g.landmarks2d(model, q) ** 2) + jnp.sum(g.pose_angles(model, q)))(pw)
@@ -161,12 +138,12 @@ def test_check_rejects_bad_shapes(model):
 
 
 def test_missing_asset_is_one_line(tmp_path):
-  with pytest.raises(bfm_lib.MissingAssetError) as e:
+  with pytest.raises(MissingAssetError) as e:
     bfm_lib.load_3ddfa(str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg and "u_base.txt" in msg and "3DDFA" in msg
   missing = tmp_path / "nope"
-  with pytest.raises(bfm_lib.MissingAssetError, match="3DMM folder"):
+  with pytest.raises(MissingAssetError, match="3DMM folder"):
     bfm_lib.load_3ddfa(str(missing))
 
 
@@ -198,5 +175,5 @@ def test_real_bfm_dense_bases_from_user_folder(bfm_dir, tmp_path):
   dense = g.dense_vertices(m, pw)
   chex.assert_shape(dense, (2, 53215, 3))
   np.testing.assert_allclose(dense[:, np.asarray(m.keypoints)], g.landmarks3d(m, pw), rtol=1e-3, atol=1e-2)
-  with pytest.raises(bfm_lib.MissingAssetError, match="w_shp_sim.npy"):
+  with pytest.raises(MissingAssetError, match="w_shp_sim.npy"):
     bfm_lib.load_3ddfa(str(bfm_dir), dense_bases_dir=str(tmp_path / "missing"))

@@ -1,4 +1,4 @@
-"""jface.losses against plain-numpy loop references and closed forms."""
+"""jface.methods.twodasl.losses against plain-numpy loop references and closed forms."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.fakes import random_face_model
-from jface import bfm as bfm_lib
-from jface import losses as L
+from jface.methods.twodasl import losses as L
 
 B = 3
 
@@ -332,7 +331,7 @@ def test_point_shape_errors():
 
 
 def test_cycle_losses_match_the_pieces(model, params):
-  from jface import geometry
+  from jface.core import geometry
   fwd, bwd = params
   x2d = geometry.landmarks2d(model, bwd) + 1.5
   out = L.cycle_losses(model, fwd, bwd, x2d)

@@ -1,4 +1,4 @@
-"""Tests for jface.metrics: plain-numpy references, closed forms, and the AFLW2000-3D protocol oracle."""
+"""Tests for jface.eval.metrics: plain-numpy references, closed forms, and the AFLW2000-3D protocol oracle."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from jface import metrics as M
+from jface.eval import metrics as M
+from jface.eval import report
 
 
 def _rot(axis, deg):
@@ -149,7 +150,7 @@ def test_aflw2000_nme_synthetic_roi_and_failures():
 
 @pytest.fixture(scope="module")
 def dev_protocol(dev_dir, bfm):
-  from jface import geometry
+  from jface.core import geometry
   meta = dict(np.load(dev_dir / "meta.npz"))
   pred = np.asarray(geometry.landmarks3d(bfm, meta["released_2dasl_params"]))
   zero = np.asarray(geometry.landmarks2d(bfm, np.zeros_like(meta["released_2dasl_params"])))
@@ -320,6 +321,6 @@ def test_ced_and_auc_closed_form(tmp_path):
   assert M.ced_auc([2.5], max_error=10.0, n=100001) == pytest.approx(0.75, abs=1e-4)
   with pytest.raises(ValueError):
     M.ced([])
-  path = M.plot_ced({"a": [1.0, 2.0, 5.0], "b": [0.5, np.nan]}, str(tmp_path / "sub" / "ced.png"))
+  path = report.plot_ced({"a": [1.0, 2.0, 5.0], "b": [0.5, np.nan]}, str(tmp_path / "sub" / "ced.png"))
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -157,49 +157,6 @@ def test_input_validation():
   chex.assert_shape(v["params"]["stem_conv"]["kernel"], (7, 7, 3, 64))
 
 
-# ------------------------------------------------------------------------------ encoder, critic
-
-def test_encoder_and_critic_shapes_counts():
-  enc = M.Encoder()
-  ve = abstract_init(enc, X120)
-  z = abstract_apply(enc, ve, X120)
-  chex.assert_shape(z, (2, 512))
-  ch = (3, 32, 64, 128, 256, 256, 512)
-  assert M.count_params(ve) == sum(9 * a * b + b for a, b in zip(ch[:-1], ch[1:]))
-  critic = M.Critic()
-  p = jax.ShapeDtypeStruct((2, 62), jnp.float32)
-  vc = abstract_init(critic, z, p)
-  chex.assert_shape(abstract_apply(critic, vc, z, p), (2,))
-  dims = (512 + 62, 512, 1024, 1024, 1)
-  assert M.count_params(vc) == sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-  with pytest.raises(ValueError, match="Critic expects"):
-    abstract_init(critic, z, jax.ShapeDtypeStruct((3, 62), jnp.float32))
-
-
-def test_encoder_critic_numerics():
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 64, 64, 4)), jnp.float32)    # 64 -> ... -> 1: z is 512-d here too
-  p = jnp.asarray(rng.normal(size=(2, 62)), jnp.float32)
-  enc, critic = M.Encoder(), M.Critic()
-
-  @jax.jit
-  def run(x, p, k):
-    ve = enc.init(key(0), x)
-    z = enc.apply(ve, x)
-    vc = critic.init(key(1), z, p)
-    ev = critic.apply(vc, z, p)
-    tr = [critic.apply(vc, z, p, train=True, rngs={"dropout": kd}) for kd in jax.random.split(k)]
-    return z, ev, tr
-
-  z, ev, (tr1, tr2) = run(x, p, key(2))
-  z2 = run(x.at[..., 3].set(-x[..., 3]), p, key(2))[0]   # landmark-map channel is not seen
-  np.testing.assert_array_equal(z, z2)
-  assert np.all(np.isfinite(ev)) and np.all(np.asarray(z) >= 0)
-  assert not np.allclose(tr1, tr2)                                       # dropout only in train mode
-
-
-# -------------------------------------------------------------------------- compiled numerics
-
 def _np_conv_torch(x, w, stride, pad):
   """Plain-numpy NHWC conv with PyTorch semantics (symmetric zero padding)."""
   x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))

@@ -1,4 +1,4 @@
-"""datasets.augment and datasets.pipeline: geometric consistency, determinism, resume, bad examples."""
+"""jface.data.augment and jface.data.pipeline: geometric consistency, determinism, resume, bad examples."""
 from __future__ import annotations
 
 import logging
@@ -9,22 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datasets import augment as aug
-from datasets import pipeline as pl
-from jface import bfm as bfm_lib
-from jface import geometry as g
+from jface.data import augment as aug
+from jface.data import pipeline as pl
+from jface.core.face_model import FaceModel
+from jface.core import geometry as g
 
 S = 120
 
 
-def random_model(seed=0) -> bfm_lib.FaceModel:
+def random_model(seed=0) -> FaceModel:
   """A tiny BFM-shaped model with realistic magnitudes (no data needed)."""
   rng = np.random.default_rng(seed)
   mean = np.array([4e-4, 0, 0, 60, 0, 4e-4, 0, 70, 0, 0, 4e-4, -75] + [0] * 50, np.float32)
   std = np.array([2e-4, 3e-4, 3e-4, 20, 2.5e-4, 2e-4, 2e-4, 15, 3.6e-4, 1e-4, 1.5e-4, 18]
                  + [3e5 * 0.95 ** i for i in range(40)] + [1.5 * 0.9 ** i for i in range(10)], np.float32)
   f = lambda a: jnp.asarray(a, jnp.float32)
-  return bfm_lib.FaceModel(u_base=f(rng.normal(size=204) * 6e4), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
+  return FaceModel(u_base=f(rng.normal(size=204) * 6e4), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
                            w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
                            param_std=f(std), name="random").check()
 
@@ -227,30 +227,6 @@ def test_occlusion_only_inside_box(seed):
   np.testing.assert_array_equal(img, 7)
 
 
-# -------------------------------------------------------------------------------------- landmark map
-
-def test_landmark_map_np_equals_jax():
-  rng = np.random.default_rng(0)
-  pts = rng.uniform(-5, 126, size=(4, 68, 2)).astype(np.float32)
-  pts[0, :10] = np.round(pts[0, :10]) + 0.5  # ties: round half to even in both
-  pts[1, :3] = [[np.nan, 3], [np.inf, 5], [0.5, 0.5]]
-  pts[2, :3] = [[1e12, 5], [120.49, 120.5], [0.51, 1.49]]
-  mask = rng.random((4, 68)) > 0.2
-  np.testing.assert_array_equal(pl.landmark_map_np(pts, 120, mask), np.asarray(g.landmark_map(pts, 120, mask)))
-  np.testing.assert_array_equal(pl.landmark_map_np(pts[0], 120, mask[0]), pl.landmark_map_np(pts, 120, mask)[0])
-  chex.assert_shape(pl.landmark_map_np(pts.reshape(2, 2, 68, 2), 32), (2, 2, 32, 32))
-
-
-def test_make_inputs(source):
-  batch = pl.collate([source[i] for i in range(3)])
-  x = pl.make_inputs(batch)
-  chex.assert_shape(x, (3, S, S, 4))
-  chex.assert_type(x, np.float32)
-  np.testing.assert_allclose(x[..., :3], (batch["image"].astype(np.float32) - 127.5) / 128, atol=1e-6)
-  np.testing.assert_array_equal(x[..., 3], pl.landmark_map_np(batch["landmarks"], S, batch["landmarks_mask"]))
-  chex.assert_shape(pl.make_inputs(batch, with_flm=False), (3, S, S, 3))
-
-
 # -------------------------------------------------------------------------------------------- Loader
 
 def make_loader(model, src, seed=0, **kw):
@@ -259,15 +235,14 @@ def make_loader(model, src, seed=0, **kw):
 
 
 def test_batch_shapes_and_dtypes(model, source):
-  b = make_loader(model, source, with_inputs=True, landmark_noise_px=1.0).batch(0)
-  chex.assert_shape([b["image"], b["inputs"]], [(4, S, S, 3), (4, S, S, 4)])
+  b = make_loader(model, source, landmark_noise_px=1.0).batch(0)
+  chex.assert_shape(b["image"], (4, S, S, 3))
   chex.assert_shape([b["params"], b["landmarks"], b["flm_landmarks"], b["landmarks_mask"], b["roi_box"]],
                     [(4, 62), (4, 68, 2), (4, 68, 2), (4, 68), (4, 4)])
   chex.assert_shape([b["yaw"], b["has_params"], b["name"], b["source"]], [(4,)] * 4)
   assert b["image"].dtype == np.uint8 and b["landmarks_mask"].dtype == bool and b["has_params"].dtype == bool
-  chex.assert_type([b["params"], b["landmarks"], b["flm_landmarks"], b["yaw"], b["inputs"]], np.float32)
+  chex.assert_type([b["params"], b["landmarks"], b["flm_landmarks"], b["yaw"]], np.float32)
   assert b["name"].dtype.kind == "U" and set(pl.numeric(b)) == set(b) - {"name", "source"}
-  np.testing.assert_array_equal(b["inputs"], pl.make_inputs(b))
 
 
 def test_determinism(model, source):
@@ -320,7 +295,7 @@ def test_landmark_noise_only_on_flm_landmarks(model, source):
 def test_bad_examples_skipped_and_reported_once(model, caplog):
   src = FakeSource(model, n=10, bad=(2, 3, 7))
   loader = make_loader(model, src, shuffle=True, drop_remainder=False)
-  with caplog.at_level(logging.WARNING, logger="datasets.pipeline"):
+  with caplog.at_level(logging.WARNING, logger="jface.data.pipeline"):
     batches = list(loader.iter_from(0, num_steps=3 * loader.steps_per_epoch))
   names = np.concatenate([b["name"] for b in batches])
   assert len(names) == 30 and not {"img002", "img003", "img007"} & set(names)

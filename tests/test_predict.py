@@ -1,37 +1,45 @@
-"""Inference API / CLI (jface.predict), mesh files (jface.mesh_io), detector helpers (jface.detect).
+"""Inference (jface.inference: faces, predictor, mean_shape, outputs, cli; the jface.predict / predict.py
+entries), mesh files (jface.core.mesh_io), detector helpers (jface.inference.detect).
 
-The model is a 2-step tiny CNN (RGB + FLM, on the :smoke config's synthetic data) trained in a module fixture: its
-predictions are near the mean face, so the tests check plumbing and invariants (shapes, coordinates, batching,
-files), not accuracy.
+The model is a tiny 2DASL CNN (RGB + FLM input, the :smoke config's synthetic face model) at its initial state,
+written to a workdir by a module fixture (config.json + an orbax checkpoint, no training loop): its predictions
+are near the mean face, so the tests check plumbing and invariants (shapes, coordinates, batching, files), not
+accuracy.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datasets import common
-from datasets.wild import write_landmarks_csv
-from jface import detect, geometry, mesh_io, predict
-from tests.helpers.fakes import load_config
+from jface.core import crop, geometry, mesh_io
+from jface.data import common
+from jface.data.wild import write_landmarks_csv
+from jface.inference import cli, detect, mean_shape, outputs
+from jface.inference import predictor as predict
+from jface.inference.faces import FaceResult
+from tests.helpers.fakes import initial_state, load_config, write_workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  from jface import train_lib
+  """A 2DASL workdir written directly: config.json + checkpoints/ holding the method's initial state."""
   c = load_config("smoke")
-  c.num_steps, c.checkpoint_every, c.data.dev, c.tensorboard = 2, 2, "", False
-  c.batch_size, c.batch_size_2d, c.use_flm, c.use_cyc, c.use_sc = 2, 2, True, False, False
+  c.use_flm, c.use_cyc, c.use_sc = True, False, False
   c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
-  c.data.num_threads, c.data.augment, c.data.train_3d, c.data.train_2d = 1, False, "synthetic:4:0", ""
-  d = str(tmp_path_factory.mktemp("ckpt"))
-  train_lib.train_and_evaluate(c, d)
-  return d
+  return str(write_workdir(tmp_path_factory.mktemp("ckpt"), c, initial_state(c), 0))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def predictor(workdir):
 def scene():
   """A 240 x 200 canvas (random noise) with synthetic face 0 pasted at columns 60.., rows 50.., and its 68
   landmarks in canvas coordinates (crop coords + offset: the synthetic crop's roi box is (0, 0, 120, 120))."""
-  from datasets.synthetic import SyntheticFaces
+  from jface.data.synthetic_faces import SyntheticFaces
   ex = SyntheticFaces(1, seed=5)[0]
   rng = np.random.default_rng(0)
   canvas = rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)
@@ -154,7 +162,7 @@ def test_haar_on_synthetic_face(predictor):
   face, and the API must crop it with the Haar box mapping. Finding nothing (another OpenCV) skips."""
   if detect.haar_cascade_dir() is None:
     pytest.skip("OpenCV here has no Haar cascades (OpenCV >= 5)")
-  from datasets.synthetic import SyntheticFaces
+  from jface.data.synthetic_faces import SyntheticFaces
   ex = SyntheticFaces(10, seed=999)[9]
   canvas = np.full((240, 240, 3), 128, np.uint8)
   canvas[60:180, 60:180] = ex["image"]
@@ -163,7 +171,7 @@ def test_haar_on_synthetic_face(predictor):
   if not faces:
     pytest.skip("the Haar cascades find no face on this rendered face")
   assert detect.iou(np.stack([f.box for f in faces]), np.r_[lm.min(0), lm.max(0)]).max() > 0.3
-  (res,) = _variant(predictor, detector_name="haar", _detector=None).predict_images([canvas])
+  (res,) = _variant(predictor, finder={"detector": "haar"}).predict_images([canvas])
   assert len(res) == len(faces) and res[0].flm == "iterate:2"
   np.testing.assert_array_equal(res[0].roi_box, detect.roi_box_from_bbox(faces[0].box, faces[0].kind))
 
@@ -180,7 +188,7 @@ def test_predict_images_with_landmarks(predictor, scene):
   assert np.all(np.isfinite(f.params)) and np.all(np.isfinite(f.pose)) and np.all(np.abs(f.pose) <= 180)
   assert np.all(f.landmarks >= 0.5) and np.all(f.landmarks <= np.array([240.5, 200.5]))
   # plumbing: landmarks are H(params) mapped through the crop box (numpy twin)
-  want = common.crop_to_image(np.asarray(geometry.landmarks2d(predictor.model, jnp.asarray(f.params))), f.roi_box)
+  want = crop.crop_to_image(np.asarray(geometry.landmarks2d(predictor.model, jnp.asarray(f.params))), f.roi_box)
   np.testing.assert_allclose(f.landmarks, want, atol=1e-3)
   n = predictor.model.n_vertices
   assert f.dense_shape == "full" and f.vertices.shape == (n, 3) and np.all(np.isfinite(f.vertices))
@@ -200,9 +208,12 @@ def test_batching_matches_single_images(predictor, scene):
     np.testing.assert_allclose(a.params, b.params, atol=1e-5)
 
 
-def _variant(predictor, **attrs):
-  """The module predictor with other settings (no checkpoint reload, shares the compiled functions)."""
+def _variant(predictor, finder=None, **attrs):
+  """The module predictor with other settings (no checkpoint reload, shares the compiled functions); ``finder``:
+  FaceFinder fields to replace (a fresh detector)."""
   p = copy.copy(predictor)
+  if finder:
+    p.finder = dataclasses.replace(predictor.finder, **finder)
   for k, v in attrs.items():
     setattr(p, k, v)
   return p
@@ -211,19 +222,22 @@ def _variant(predictor, **attrs):
 def test_iterate_mode_redraws_flm(predictor, scene):
   """flm=iterate, N=2 == three forward passes: mean-face FLM, then the FLM of each prediction."""
   canvas, lm, _ = scene
-  pred = _variant(predictor, flm_mode="iterate", iterations=2)
+  pred = _variant(predictor, finder={"flm_mode": "iterate"}, iterations=2)
+  assert pred.flm_mode == "iterate"
   (faces,) = pred.predict_images([canvas], landmarks=[lm])
-  crop = common.crop_image(canvas, faces[0].roi_box)[None]
-  pw = pred.predict_crops(crop, pred._mean_flm[None])
+  img = common.crop_image(canvas, faces[0].roi_box)[None]
+  out = pred.predict_crops(img, pred._mean_flm[None])
   for _ in range(2):
-    pw = pred.predict_crops(crop, np.asarray(geometry.landmarks2d(pred.model, jnp.asarray(pw))))
-  np.testing.assert_allclose(faces[0].params, pw[0], atol=1e-5)
+    out = pred.predict_crops(img, np.asarray(geometry.landmarks2d(pred.model, jnp.asarray(out.params))))
+  np.testing.assert_allclose(faces[0].params, out.params[0], atol=1e-5)
+  np.testing.assert_allclose(faces[0].landmarks, crop.crop_to_image(out.landmarks[0, :, :2], faces[0].roi_box),
+                             atol=1e-3)
   assert faces[0].flm == "iterate:2"
 
 
 def test_full_image_detector_and_bad_inputs(predictor, scene):
   _, _, ex = scene
-  pred = _variant(predictor, detector_name="full", _detector=None, dense=False)
+  pred = _variant(predictor, finder={"detector": "full"}, dense=False)
   errors = []
   res = pred.predict_images([ex["image"], np.zeros((5, 5), np.float32)], errors=errors)
   assert len(res[0]) == 1 and res[1] == []
@@ -239,25 +253,94 @@ def test_mean_shape_mesh_without_dense_bases(predictor):
   expression coefficients are 0."""
   full = predictor.model
   mean_only = full.replace(w_shp_dense=None, w_exp_dense=None)
+  no_dense = full.replace(u_dense=None, w_shp_dense=None, w_exp_dense=None)
+  assert [mean_shape.dense_kind(m) for m in (full, mean_only, no_dense)] == ["full", "mean", "none"]
   raw = np.asarray(full.param_mean, np.float64).copy()
   raw[12:] = 0
   pw = np.asarray(geometry.whiten(full, jnp.asarray(raw, jnp.float32)))[None]
   roi = np.array([[10, 20, 250, 260]], np.float32)
-  v_full, k_full = predict.dense_vertices(full, pw, roi)
-  v_mean, k_mean = predict.dense_vertices(mean_only, pw, roi)
-  assert (k_full, k_mean) == ("full", "mean")
-  np.testing.assert_allclose(v_mean, v_full, atol=1e-2)
+
+  def image_vertices(model, pw):
+    v = geometry.dense_vertices(model, pw) if model.has_dense_bases else mean_shape.posed_mean_shape(model, pw)
+    return crop.crop_to_image(np.asarray(v), roi)
+  np.testing.assert_allclose(image_vertices(mean_only, pw), image_vertices(full, pw), atol=1e-2)
   pw2 = pw + 0.5
-  assert np.abs(predict.dense_vertices(mean_only, pw2, roi)[0] - predict.dense_vertices(full, pw2, roi)[0]).max() > 1
+  assert np.abs(image_vertices(mean_only, pw2) - image_vertices(full, pw2)).max() > 1
+
+
+def test_predictor_mean_shape_fallback(predictor, scene):
+  """A face model with only the dense mean: the predictor's dense pass poses the mean shape with the predicted
+  params (dense_shape "mean"); landmarks, pose and params are those of the full model's predictor."""
+  canvas, lm, _ = scene
+  mean_only = predictor.model.replace(w_shp_dense=None, w_exp_dense=None)
+  pred = _variant(predictor, model=mean_only, dense_shape="mean",
+                  _predict_dense=mean_shape.with_posed_mean_shape(predictor._predict))
+  f = pred.predict_images([canvas], landmarks=[lm])[0][0]
+  g = predictor.predict_images([canvas], landmarks=[lm])[0][0]
+  assert f.dense_shape == "mean" and f.vertices.shape == g.vertices.shape
+  for key in ("params", "landmarks", "pose"):
+    np.testing.assert_allclose(getattr(f, key), getattr(g, key), atol=1e-4)
+  want = crop.crop_to_image(np.asarray(mean_shape.posed_mean_shape(mean_only, jnp.asarray(f.params))), f.roi_box)
+  np.testing.assert_allclose(f.vertices, want, atol=1e-2)
+
+
+def test_method_without_params(predictor, scene, tmp_path):
+  """A method whose FaceOutput has no 3DMM params (only landmarks, pose, vertices): the predictor maps its
+  outputs to the image and the writers work from vertices + triangles and landmarks alone (params=None)."""
+  canvas, lm, _ = scene
+
+  def drop_params(fn):
+    return jax.jit(lambda state, face, batch: fn(state, face, batch).replace(params=None))
+  pred = _variant(predictor, _predict=drop_params(predictor._predict),
+                  _predict_dense=drop_params(predictor._predict_dense))
+  f = pred.predict_images([canvas], landmarks=[lm])[0][0]
+  g = predictor.predict_images([canvas], landmarks=[lm])[0][0]
+  assert f.params is None and f.dense_shape == "full"
+  np.testing.assert_allclose(f.vertices, g.vertices, atol=1e-3)
+  np.testing.assert_allclose(f.landmarks, g.landmarks, atol=1e-4)
+  tri = predictor.triangles
+  paths = outputs.save_meshes(str(tmp_path / "face"), canvas, f.vertices, tri)
+  for key in ("obj", "ply"):
+    m = mesh_io.read_mesh(paths[key])
+    np.testing.assert_allclose(m["vertices"], outputs.viewer_frame(f.vertices, canvas.shape[0]), atol=2e-3)
+    assert m["triangles"].shape == tri.shape
+  assert outputs.overlay(canvas, [f], tri).shape == canvas.shape
+  doc = json.loads(json.dumps(outputs.face_json(f, {"obj": "face.obj"})))
+  assert doc["params"] is None and doc["flm"] == "given" and doc["dense_shape"] == "full"
+  assert len(doc["landmarks"]) == 68 and set(doc["pose"]) == {"yaw", "pitch", "roll"}
+
+
+def test_writers_from_vertices_and_triangles(tmp_path):
+  """The writers from a hand-made FaceResult: a quad (two triangles) in image coordinates, no params, no pose."""
+  img = np.zeros((20, 30, 3), np.uint8)
+  img[:, :, 0] = 200
+  v = np.array([[5, 5, 0], [15, 5, 0], [15, 15, 2], [5, 15, 2]], np.float32)
+  res = FaceResult(roi_box=np.array([1, 1, 20, 20], np.float32), landmarks=np.full((68, 2), 10, np.float32),
+                   vertices=v, dense_shape="full")
+  assert res.params is None and res.pose is None
+  for name, tri in (("a", np.array([[0, 1, 2], [0, 2, 3]])), ("b", np.array([[0, 2, 1], [0, 3, 2]]))):
+    paths = outputs.save_meshes(str(tmp_path / name), img, res.vertices, tri, binary_ply=False)
+    for key in ("obj", "ply"):
+      m = mesh_io.read_mesh(paths[key])
+      np.testing.assert_allclose(m["vertices"], outputs.viewer_frame(v, 20), atol=1e-4)
+      np.testing.assert_allclose(m["colors"] * 255, np.tile([200, 0, 0], (4, 1)), atol=0.02)
+      # either winding is written outward: +z (towards the viewer) in the viewer frame
+      vv, t = m["vertices"], m["triangles"]
+      assert np.cross(vv[t[:, 1]] - vv[t[:, 0]], vv[t[:, 2]] - vv[t[:, 0]])[:, 2].sum() > 0
+  drawn = outputs.overlay(img, [res], tri)
+  assert drawn.shape == img.shape and (drawn != img).any()
+  doc = outputs.face_json(res, None)
+  assert doc["params"] is None and doc["pose"] is None and doc["box"] is None and doc["mesh"] is None
+  json.dumps(doc)
 
 
 def test_save_meshes_parse_back(predictor, scene, tmp_path):
   canvas, lm, _ = scene
   f = predictor.predict_images([canvas], landmarks=[lm])[0][0]
   tri = predictor.triangles
-  paths = predict.save_meshes(str(tmp_path / "face"), canvas, f, tri)
-  want_v = predict.viewer_frame(f.vertices, canvas.shape[0])
-  want_c = predict.mesh_colors(canvas, f.vertices)
+  paths = outputs.save_meshes(str(tmp_path / "face"), canvas, f.vertices, tri, dense_shape=f.dense_shape)
+  want_v = outputs.viewer_frame(f.vertices, canvas.shape[0])
+  want_c = outputs.mesh_colors(canvas, f.vertices)
   for key in ("obj", "ply"):
     m = mesh_io.read_mesh(paths[key])
     assert m["vertices"].shape == f.vertices.shape and m["triangles"].shape == tri.shape
@@ -268,8 +351,7 @@ def test_save_meshes_parse_back(predictor, scene, tmp_path):
     np.testing.assert_allclose(c, want_c, atol=0.02)
     assert any("dense_shape=full" in line for line in m["comments"])
   # the mean-shape note is written when identity/expression are not applied
-  import dataclasses
-  predict.save_meshes(str(tmp_path / "mean"), canvas, dataclasses.replace(f, dense_shape="mean"), tri)
+  outputs.save_meshes(str(tmp_path / "mean"), canvas, f.vertices, tri, dense_shape="mean")
   assert any("POSED MEAN SHAPE" in line for line in mesh_io.read_obj(str(tmp_path / "mean.obj"))["comments"])
 
 
@@ -284,7 +366,7 @@ def test_cli_folder_good_and_corrupt(workdir, scene, tmp_path, capsys):
   (src / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
   write_landmarks_csv(str(tmp_path / "lm.csv"), ["good.png"], lm[None])
   out = tmp_path / "out"
-  rc = predict.main([str(src), "--checkpoint", workdir, "--out", str(out), "--landmarks", str(tmp_path / "lm.csv"),
+  rc = cli.main([str(src), "--checkpoint", workdir, "--out", str(out), "--landmarks", str(tmp_path / "lm.csv"),
                      "--detector", "full"])
   assert rc == 0
   err = capsys.readouterr().err
@@ -295,7 +377,7 @@ def test_cli_folder_good_and_corrupt(workdir, scene, tmp_path, capsys):
   assert doc["summary"] == {**doc["summary"], "images": 2, "faces": 1, "errors": 1}
   face = by["good.png"]["faces"][0]
   assert face["flm"] == "given" and len(face["landmarks"]) == 68 and set(face["pose"]) == {"yaw", "pitch", "roll"}
-  from jface import synthetic
+  from jface.core import synthetic
   model = synthetic.face_model()
   for key in ("obj", "ply"):
     m = mesh_io.read_mesh(str(out / face["mesh"][key]))
@@ -306,7 +388,7 @@ def test_cli_folder_good_and_corrupt(workdir, scene, tmp_path, capsys):
 def test_cli_missing_checkpoint(tmp_path, scene, capsys):
   import cv2
   cv2.imwrite(str(tmp_path / "a.png"), scene[0][..., ::-1])
-  rc = predict.main([str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+  rc = cli.main([str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and "no checkpoint" in err[0]
 
@@ -319,6 +401,16 @@ def test_cli_no_detector(workdir, scene, tmp_path, capsys, monkeypatch):
     raise detect.NoDetectorError("no face detector available: test")
   monkeypatch.setattr(detect, "make_detector", none)
   cv2.imwrite(str(tmp_path / "a.png"), scene[0][..., ::-1])
-  rc = predict.main([str(tmp_path / "a.png"), "--checkpoint", workdir, "--out", str(tmp_path / "o")])
+  rc = cli.main([str(tmp_path / "a.png"), "--checkpoint", workdir, "--out", str(tmp_path / "o")])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and err == ["error: no face detector available: test"]
+
+
+def test_entry_points(tmp_path):
+  """``python -m jface.predict`` and the top-level ``predict.py`` are the same command (one-line error, exit 2)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for cmd in ([sys.executable, "-m", "jface.predict"], [sys.executable, os.path.join(ROOT, "predict.py")]):
+    p = subprocess.run(cmd + [str(tmp_path), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and err[0].startswith("error: no images"), (cmd, p.stderr)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from datasets import common, crops_layout, mat_layout, pseudo_label, tfds_sources, wild
-from datasets.common import BadExample
+from jface.core import crop
+from jface.data import common, crops_layout, mat_layout, pseudo_label, tfds_sources, wild
+from jface.data.common import BadExample
 
 
 def check_contract(ex, crop=120):
@@ -71,9 +72,9 @@ def fake_model(seed=0):
 
 
 def fake_face_model(seed=0):
-  """``fake_model`` as a real ``FaceModel`` (for jface.geometry), float32."""
+  """``fake_model`` as a real ``FaceModel`` (for jface.core.geometry), float32."""
   import jax.numpy as jnp
-  from jface.bfm import FaceModel
+  from jface.core.face_model import FaceModel
   m = fake_model(seed)
   f = lambda a: jnp.asarray(a, jnp.float32)
   return FaceModel(u_base=f(m.u_base), w_shp_base=f(m.w_shp_base), w_exp_base=f(m.w_exp_base),
@@ -93,22 +94,25 @@ def aflw_mats(dev_dir, train_dir):
 
 # -------------------------------------------------------------------------------------- helpers
 
-def test_coordinate_helpers_match_geometry():
-  from jface import geometry as G
+def test_crop_numpy_path_matches_jax_path():
+  """jface.core.crop on numpy arrays (float64, one box) equals the batched JAX path (float32) within f32 rounding."""
+  import jax.numpy as jnp
   rng = np.random.default_rng(0)
   pts = rng.uniform(0, 400, (5, 68, 3))
   boxes = np.concatenate([rng.uniform(0, 100, (5, 2)), rng.uniform(200, 400, (5, 2))], 1)
-  ref = np.asarray(G.image_to_crop(pts.astype(np.float32), boxes.astype(np.float32)))
+  ref = crop.image_to_crop(jnp.asarray(pts, jnp.float32), jnp.asarray(boxes, jnp.float32))
+  assert ref.dtype == jnp.float32 and crop.image_to_crop(pts, boxes).dtype == np.float64
+  ref = np.asarray(ref)
   for p, b, r in zip(pts, boxes, ref):
-    c = common.image_to_crop(p, b)
+    c = crop.image_to_crop(p, b)
     np.testing.assert_allclose(c, r, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(common.crop_to_image(c, b), p, atol=1e-9)
-    np.testing.assert_allclose(common.image_to_crop(p[:, :2], b), c[:, :2])
+    np.testing.assert_allclose(crop.crop_to_image(c, b), p, atol=1e-9)
+    np.testing.assert_allclose(crop.image_to_crop(p[:, :2], b), c[:, :2])
 
 
 def test_angles_from_raw_params_match_geometry():
   import jax.numpy as jnp
-  from jface import geometry as G
+  from jface.core import geometry as G
   rng = np.random.default_rng(1)
   ang = rng.uniform([-80, -40, -40], [80, 40, 40], (6, 3))
   r = np.asarray(G.angles_to_matrix(jnp.asarray(ang, jnp.float32)), np.float64)
@@ -178,7 +182,7 @@ def test_read_image_is_rgb(tmp_path):
 def test_mat_to_params_closed_form():
   """Synthetic 40/10-component fits: landmarks of the converted params map back to the README's image points."""
   import jax.numpy as jnp
-  from jface import geometry as G
+  from jface.core import geometry as G
   bfm = fake_face_model()
   rng = np.random.default_rng(3)
   u = np.asarray(bfm.u_base, np.float64)
@@ -205,7 +209,7 @@ def test_mat_to_params_closed_form():
     pws.append(pw), raws.append(raw), boxes.append(box), refs.append(q)
   pws, boxes = jnp.asarray(np.stack(pws)), jnp.asarray(np.stack(boxes), jnp.float32)
   np.testing.assert_allclose(np.asarray(G.dewhiten(bfm, pws)), np.stack(raws), rtol=1e-4, atol=1e-6)
-  back = np.asarray(G.crop_to_image(G.landmarks3d(bfm, pws), boxes))
+  back = np.asarray(crop.crop_to_image(G.landmarks3d(bfm, pws), boxes))
   for b, q in zip(back, refs):
     tol = 2e-4 * np.ptp(q[:, :2], 0).max()
     np.testing.assert_allclose(b, q, atol=tol)  # x, y and z
@@ -227,11 +231,11 @@ def test_mat_to_params_residual_on_shared(bfm, aflw_mats, capsys):
   resemble (not equal) 2DASL's released predictions."""
   import jax
   import jax.numpy as jnp
-  from jface import geometry as G
+  from jface.core import geometry as G
 
   @jax.jit
   def project(pw, boxes):  # -> image landmarks (N, 68, 2), yaw (N,)
-    return G.crop_to_image(G.landmarks2d(bfm, pw), boxes), G.pose_angles(bfm, pw)[:, 0]
+    return crop.crop_to_image(G.landmarks2d(bfm, pw), boxes), G.pose_angles(bfm, pw)[:, 0]
 
   report = []
   for split, (meta, mats) in aflw_mats.items():
@@ -269,7 +273,7 @@ def test_mat_layout_source(bfm, dev_dir, tmp_path):
     assert ex["has_params"] and ex["landmarks_mask"].all()
     np.testing.assert_array_equal(ex["roi_box"], meta["roi_box"][j])
     np.testing.assert_allclose(ex["gt_pts68"], meta["pts68"][j], atol=1e-4)
-    np.testing.assert_allclose(ex["landmarks"], common.image_to_crop(meta["pts68"][j][:2].T, meta["roi_box"][j]),
+    np.testing.assert_allclose(ex["landmarks"], crop.image_to_crop(meta["pts68"][j][:2].T, meta["roi_box"][j]),
                                atol=1e-3)
     assert abs(ex["yaw"] - ((meta["yaw"][j] + 180) % 360 - 180)) < 1e-3
     other = by_meta[i]
@@ -426,7 +430,7 @@ def test_folder_source(tmp_path):
   ex = src[0]
   check_contract(ex)
   np.testing.assert_array_equal(ex["roi_box"], common.roi_box_from_landmarks(pts, image_shape=img.shape))
-  np.testing.assert_allclose(common.crop_to_image(ex["landmarks"], ex["roi_box"]), pts, atol=1e-3)
+  np.testing.assert_allclose(crop.crop_to_image(ex["landmarks"], ex["roi_box"]), pts, atol=1e-3)
   x, y = ex["landmarks"][2]
   patch = ex["image"][int(round(y)) - 2:int(round(y)) + 1, int(round(x)) - 2:int(round(x)) + 1]
   assert patch.max() > 100  # the bright pixel lands within a pixel of its landmark
@@ -531,7 +535,7 @@ def test_tfds_records_from_real_fits(bfm, dev_dir):
   ref = mat_layout.MatLayoutSource(str(dev_dir), bfm, names=names)
   src = tfds_sources.TFDSSource("aflw2k3d", data_source=recs_2k)
   import jax.numpy as jnp
-  from jface import geometry as G
+  from jface.core import geometry as G
   lp = tfds_sources.TFDSSource("the300w_lp", model=bfm, data_source=recs_lp)
   for i in range(2):
     ex, r = src[i], ref[i]
@@ -545,7 +549,7 @@ def test_tfds_records_from_real_fits(bfm, dev_dir):
     assert e2["has_params"] and abs(e2["yaw"] - r["yaw"]) < 1e-3
     assert iou(e2["roi_box"], r["roi_box"]) > 0.8
     np.testing.assert_allclose(np.asarray(G.landmarks2d(bfm, jnp.asarray(e2["params"]))), e2["landmarks"], atol=2e-2)
-    back = common.crop_to_image(e2["landmarks"], e2["roi_box"])
+    back = crop.crop_to_image(e2["landmarks"], e2["roi_box"])
     assert nme(back[None], r["gt_pts68"][:2].T[None])[0] < 2.5
   with pytest.raises(ValueError, match="needs a model"):
     tfds_sources.TFDSSource("the300w_lp", data_source=recs_lp)

@@ -1,11 +1,11 @@
-"""jface.render: coverage, z-buffer order and Lambert shading against closed forms / brute force."""
+"""jface.core.render: coverage, z-buffer order and Lambert shading against closed forms / brute force."""
 from __future__ import annotations
 
 import chex
 import numpy as np
 import pytest
 
-from jface import render
+from jface.core import render
 
 
 def _inside_bruteforce(tri_xy: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The embedded synthetic 3DMM (jface.synthetic) and its rendered source (datasets.synthetic)."""
+"""The embedded synthetic 3DMM (jface.core.synthetic) and its rendered source (jface.data.synthetic_faces)."""
 from __future__ import annotations
 
 import chex
@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datasets.synthetic import SyntheticFaces, _rotation_angles
-from jface import geometry, render, synthetic
-from jface.bfm import load_model
+from jface.data.synthetic_faces import SyntheticFaces, _rotation_angles
+from jface.core import geometry, render, synthetic
+from jface.core.load import load_model
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ B = 8  # every JAX call below uses whitened params of shape (B, 62): one compila
 
 @pytest.fixture(scope="module")
 def geo(model):
-  """Jitted jface.geometry on the synthetic model: (B, 62) whitened -> dict of outputs."""
+  """Jitted jface.core.geometry on the synthetic model: (B, 62) whitened -> dict of outputs."""
   @jax.jit
   def f(pw):
     return dict(lm2d=geometry.landmarks2d(model, pw), lm3d=geometry.landmarks3d(model, pw),

@@ -1,4 +1,4 @@
-"""tools/cpu_ablation.py: the results table it writes into docs/RESULTS.md."""
+"""tools/cpu_ablation.py (the results table it writes into docs/RESULTS.md) and tools/compare_metrics.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +10,8 @@ import numpy as np
 from tests.helpers.fakes import ROOT
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("cpu_ablation", os.path.join(ROOT, "tools", "cpu_ablation.py"))
+def _load(name="cpu_ablation"):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -51,7 +51,7 @@ def test_overrides_after_double_dash_reach_train(tmp_path, monkeypatch):
 
 def test_anchor_errors_reproduce_the_oracle(dev_dir, bfm_dir):
   """The CED's anchor curves are the oracle numbers of ../shared/README.md (mean of the three |yaw| bins)."""
-  from jface import metrics
+  from jface.eval import metrics
   tool = _load()
   errors = tool.anchor_errors(str(dev_dir), str(bfm_dir))
   yaw = np.abs(np.load(os.path.join(dev_dir, "meta.npz"))["yaw"])
@@ -65,3 +65,28 @@ def test_table_only_on_a_new_root(tmp_path, capsys):
   root = tmp_path / "new" / "root"
   assert tool.main(["--root", str(root), "--table_only"]) == 0
   assert (root / "table.md").read_text().splitlines()[0].startswith("| variant |")
+
+
+def _write_metrics(path, rows):
+  path.mkdir(parents=True, exist_ok=True)
+  with open(path / "metrics.jsonl", "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+    f.write('{"step": 9, "prefix": "tr')  # a line cut short by a kill is skipped
+
+
+def test_compare_metrics_exact_and_tolerance(tmp_path, capsys):
+  tool = _load("compare_metrics")
+  before = [{"step": 1, "prefix": "train", "loss": 2.0, "l3d": 1.0, "time": 5.0},
+            {"step": 1, "prefix": "dev", "nme_mean_of_bins": 10.0}]
+  after = [dict(before[0], time=99.0), dict(before[1], nme_mean_of_bins=10.000001)]
+  _write_metrics(tmp_path / "a", before)
+  _write_metrics(tmp_path / "b", after)
+  assert tool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # time ignored; train values identical
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[-1] == ("compared 3 values over 2 records: 1 differ, worst relative difference 1.00e-07 "
+                     "(dev: 1.00e-07)")
+  _write_metrics(tmp_path / "c", [dict(before[0], loss=2.0002), before[1]])
+  assert tool.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+  assert tool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--rtol", "1e-3"]) == 0
+  assert tool.main([str(tmp_path / "a"), str(tmp_path / "nope")]) == 2

@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
-from jface import parallel, train_lib
-from jface.bfm import MissingAssetError
+from jface import methods, training
+from jface.methods.workdir import load_checkpoint
+from jface.train import parallel
+from jface.core.face_model import MissingAssetError
 from tests.helpers.fakes import ROOT, fake_batch, fake_config, load_config, random_face_model
 
 
@@ -48,12 +52,15 @@ def test_variants_step_and_losses(variant):
   """Each ablation computes exactly its paper terms and takes a finite step on 1 device."""
   config = fake_config(variant)
   mesh = parallel.make_mesh(1)
-  mods = train_lib.make_modules(config)
-  state = parallel.replicate(train_lib.init_state(config, mods, image_size=32), mesh)
-  step = parallel.data_parallel(train_lib.make_train_step(config, mods), mesh, 2, 2, donate=False)
+  method = methods.of_config(config)
+  mods = method.build(config)
+  state = parallel.replicate(method.init_state(config, mods), mesh)
+  step = parallel.data_parallel(method.make_train_step(config, mods), mesh, 2, 1, donate=False)
   b3, b2 = fake_batch(4, 1, True), fake_batch(4, 2, False)
-  new, metrics = step(state, parallel.replicate(random_face_model(), mesh), parallel.shard_batch(b3, mesh),
-                      parallel.shard_batch(b2, mesh))
+  streams = [s.name for s in method.streams(config)]
+  assert streams == (["train_3d"] if variant == "base" else ["train_3d", "train_2d"])
+  batches = {"train_3d": parallel.shard_batch(b3, mesh), "train_2d": parallel.shard_batch(b2, mesh)}
+  new, metrics = step(state, parallel.replicate(random_face_model(), mesh), {k: batches[k] for k in streams})
   want = {"base": {"l3d", "loss"}, "cyc": {"l3d", "l2d_con", "l3d_con", "cyc", "loss"},
           "sc": {"l3d", "sc", "critic", "loss"}}[variant]
   assert set(metrics) == want
@@ -65,14 +72,15 @@ def test_variants_step_and_losses(variant):
 
 
 def _final_params(workdir):
-  _, state = train_lib.load_checkpoint(str(workdir))
+  config, method, state = load_checkpoint(str(workdir))
+  assert config.method == method.name == "2dasl"
   return state
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
   """Interrupted after step 2 then rerun == uninterrupted run (same data order, same parameters)."""
   full = tmp_path / "full"
-  train_lib.train_and_evaluate(tiny_smoke(4), str(full))
+  training.train_and_evaluate(tiny_smoke(4), str(full))
 
   real = parallel.data_parallel
 
@@ -90,13 +98,13 @@ def test_resume_is_exact(tmp_path, monkeypatch):
   part = tmp_path / "part"
   monkeypatch.setattr(parallel, "data_parallel", crashing)
   with pytest.raises(KeyboardInterrupt):
-    train_lib.train_and_evaluate(tiny_smoke(4), str(part))
+    training.train_and_evaluate(tiny_smoke(4), str(part))
   monkeypatch.setattr(parallel, "data_parallel", real)
-  res = train_lib.train_and_evaluate(tiny_smoke(4), str(part))
+  res = training.train_and_evaluate(tiny_smoke(4), str(part))
   a, b = _final_params(full), _final_params(part)
   assert int(a.step) == int(b.step) == 4
-  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.adv_params)),
-                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.adv_params))):
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.extra)),
+                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.extra))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
   steps = [json.loads(ln)["step"] for ln in open(part / "metrics.jsonl") if '"train"' in ln]
   assert steps == [1, 2, 3, 4]  # the rerun started at 3
@@ -105,22 +113,22 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-  real = train_lib.make_train_step
+  real = methods.get("2dasl")
 
   def poisoned(config, mods):
-    step = real(config, mods)
+    step = real.make_train_step(config, mods)
 
-    def f(state, face, b3, b2):
-      new, m = step(state, face, b3, b2)
+    def f(state, face, batches):
+      new, m = step(state, face, batches)
       m = dict(m, loss=jax.numpy.where(new.step >= 3, np.nan, m["loss"]))
       return new, m
     return f
 
-  monkeypatch.setattr(train_lib, "make_train_step", poisoned)
+  monkeypatch.setattr(methods, "of_config", lambda config: dataclasses.replace(real, make_train_step=poisoned))
   c = tiny_smoke(6)
   c.checkpoint_every = 2
-  with pytest.raises(train_lib.NonFiniteLoss, match="non-finite loss at step 3.*step 2"):
-    train_lib.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(training.NonFiniteLoss, match="non-finite loss at step 3.*step 2"):
+    training.train_and_evaluate(c, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
@@ -129,10 +137,10 @@ def test_config_errors():
     load_config("nope")
   c = tiny_smoke(2, train_3d="crops:/nonexistent/dir")
   with pytest.raises(MissingAssetError, match="/nonexistent/dir"):
-    train_lib.train_and_evaluate(c, "/tmp/unused-jface-workdir")
+    training.train_and_evaluate(c, "/tmp/unused-jface-workdir")
   c = tiny_smoke(2, train_2d="")
   with pytest.raises(ValueError, match="train_2d"):
-    train_lib.train_and_evaluate(c, "/tmp/unused-jface-workdir")
+    training.train_and_evaluate(c, "/tmp/unused-jface-workdir")
 
 
 def test_train_py_reports_one_line(tmp_path):
@@ -145,14 +153,12 @@ def test_train_py_reports_one_line(tmp_path):
 
 
 def test_holdout_split_is_a_fixed_partition():
-  src = list(range(50))
-  train, held = train_lib.holdout_split(src, 10)
-  a, b = [train[i] for i in range(len(train))], [held[i] for i in range(len(held))]
-  assert len(a) == 40 and len(b) == 10 and sorted(a + b) == src
-  again = train_lib.holdout_split(src, 10)[1]
-  assert [again[i] for i in range(10)] == b
+  train, held = training.holdout_indices(50, 10)
+  a, b = list(training.Subset(list(range(50)), train)), list(held)
+  assert len(a) == 40 and len(b) == 10 and sorted(a + b) == list(range(50))
+  np.testing.assert_array_equal(training.holdout_indices(50, 10)[1], held)
   with pytest.raises(ValueError, match="holdout"):
-    train_lib.holdout_split(src, 50)
+    training.holdout_indices(50, 50)
 
 
 @pytest.mark.parametrize("variant,switches", [("cpu", (True, True, True)), ("cpu_base", (False, False, False)),
@@ -181,8 +187,8 @@ def test_cpu_config_trains_on_shared_data(tmp_path, shared_data):
     c[k] = c[k].replace("../shared/data", str(shared_data))
   for k in ("train_3d", "train_2d", "dev"):
     c.data[k] = c.data[k].replace("../shared/data", str(shared_data))
-  res = train_lib.train_and_evaluate(c, str(tmp_path))
+  res = training.train_and_evaluate(c, str(tmp_path))
   assert res["step"] == 2 and res["nme_2d_68"]["n"] == 100 and np.isfinite(res["nme_2d_68"]["mean_of_bins"])
   assert res["elapsed_s"] > 0
   # a rerun finds the run complete and keeps the accumulated wall-clock
-  assert train_lib.previous_elapsed(str(tmp_path)) > 0
+  assert training.previous_elapsed(str(tmp_path)) > 0

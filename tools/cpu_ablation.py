@@ -65,17 +65,18 @@ def table(root: str, variants=VARIANTS + EXTRA) -> str:
 
 def anchor_errors(dev_dir: str, bfm_dir: str) -> dict:
   """Per-image 2D NME (%) on the dev split of the anchors: released 2DASL parameters and the FAN input landmarks."""
-  from jface import evaluation
-  data = evaluation.load_aflw2000(dev_dir)
-  face = evaluation.load_face(bfm_dir)
+  from jface.eval import data as eval_data
+  from jface.eval import protocol
+  data = eval_data.load_aflw2000(dev_dir)
+  face = eval_data.load_face(bfm_dir)
   released = np.load(os.path.join(dev_dir, "meta.npz"))["released_2dasl_params"]
-  return {"released 2DASL": evaluation.compute_errors(data, evaluation.landmarks_from_params(face, released))["nme_2d"],
-          "FAN input landmarks": evaluation.compute_errors(data, np.asarray(data.detector, np.float64))["nme_2d"]}
+  return {"released 2DASL": protocol.landmark_errors(data, protocol.landmarks_from_params(face, released))["nme_2d"],
+          "FAN input landmarks": protocol.landmark_errors(data, np.asarray(data.detector, np.float64))["nme_2d"]}
 
 
 def ced_plot(root: str, variants, dev_dir: str, bfm_dir: str, path: str) -> str:
   """One CED figure: every finished variant (its ``eval_dev/per_image.csv``) beside the anchors."""
-  from jface import metrics
+  from jface.eval import report
   curves = anchor_errors(dev_dir, bfm_dir)
   for v in variants:
     f = os.path.join(root, v, "eval_dev", "per_image.csv")
@@ -83,7 +84,7 @@ def ced_plot(root: str, variants, dev_dir: str, bfm_dir: str, path: str) -> str:
       with open(f) as fh:
         curves[f":{v} {LABELS[v]}"] = [float(r["nme_2d"]) if r["status"] == "ok" else np.nan
                                        for r in csv.DictReader(fh)]
-  return metrics.plot_ced(curves, path, title="AFLW2000-3D dev split (200 images), 68 points")
+  return report.plot_ced(curves, path, title="AFLW2000-3D dev split (200 images), 68 points")
 
 
 def main(argv=None) -> int:

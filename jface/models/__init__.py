@@ -1,11 +1,13 @@
-"""Flax linen networks of jface: the 3DMM regressors, 2DASL's encoder and critic, and a factory.
+"""Flax linen networks of jface: the 3DMM regressors and a factory (2DASL's critic lives in jface.methods.twodasl).
 
 Every regressor maps (B, H, W, C) float images (NHWC, 120 x 120; C = 4: RGB + landmark map, or 3; 2DASL and
 3DDFA scale pixels as (x - 127.5) / 128 and draw the landmark map as +-1) to (B, num_outputs) float32 whitened
 3DMM params. It takes ``train`` (batch statistics and a ``batch_stats`` update when True: apply with
 ``mutable=['batch_stats']``; running averages when False), keeps float32 params with ``dtype`` as the computation
 dtype, and averages BN statistics over ``bn_axis_name`` when run under that mapped axis (``jax.shard_map`` /
-``vmap``; ignored by ``init``).
+``vmap``; ignored by ``init``). The ResNets compute 1 x 1 convolutions as GEMMs and batch norm with a hand-written
+VJP by default (``conv1x1="dot"``, ``bn="fused"``; ``"conv"`` / ``"flax"`` for the plain flax layers): the
+variables are the same either way, so checkpoints load into both.
 """
 from __future__ import annotations
 
@@ -13,13 +15,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jface.models.critic import Critic, Encoder
 from jface.models.mobilenet import MobileNetV1
 from jface.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jface.models.stats import count_macs, count_params
 from jface.models.tiny import TinyCNN
 
-__all__ = ["BasicBlock", "Bottleneck", "Critic", "Encoder", "MobileNetV1", "REGRESSORS", "ResNet", "ResNet18",
+__all__ = ["BasicBlock", "Bottleneck", "MobileNetV1", "REGRESSORS", "ResNet", "ResNet18",
            "ResNet50", "TinyCNN", "build_regressor", "count_macs", "count_params"]
 
 _BUILDERS = {
@@ -38,7 +39,8 @@ def build_regressor(name: str, num_outputs: int = 62, in_channels: int = 4, dtyp
                     bn_axis_name: str | None = None, **kw):
   """A regressor by name (see ``REGRESSORS``): "resnet50" is 2DASL's (stride-1 last stage, AvgPool(7, 2)),
   "*_standard" the torchvision layout. ``in_channels`` is checked on every call; extra ``kw`` go to the module
-  (e.g. ``num_filters=8`` for a narrow ResNet, ``zero_init_residual=True``, ``channels=`` for tiny_cnn).
+  (e.g. ``num_filters=8`` for a narrow ResNet, ``zero_init_residual=True``, ``conv1x1="conv", bn="flax"`` for the
+  plain flax layers, ``channels=`` for tiny_cnn).
   """
   if name not in _BUILDERS:
     raise ValueError(f"unknown regressor {name!r}; valid names: {', '.join(REGRESSORS)}")

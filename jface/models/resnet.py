@@ -7,6 +7,11 @@ avg-pool 7/2 -> 1 x 1, so the head sees 512 * expansion features (≈1.96 GMAC f
 ``layout="standard"`` is torchvision's: stage 4 has stride 2 (8 -> 4) and global average pooling (≈1.27 GMAC).
 In both, the stride of a bottleneck block sits on its 3x3 conv ("v1.5"), and a 1x1 conv + BN projection is used
 when the stride or the width changes.
+
+``conv1x1`` / ``bn`` choose how the 1 x 1 convolutions and the batch norms are computed: "dot" / "fused" (the
+defaults, faster on XLA:CPU: docs/BENCHMARKS.md) or "conv" / "flax" (plain ``nn.Conv`` / ``nn.BatchNorm``).
+Both give the same variables (checkpoints load either way) and the same numbers up to float32 rounding
+(tests/test_models_fast.py). "fused" supports reverse-mode autodiff only; use ``bn="flax"`` for ``jax.jvp``.
 """
 from __future__ import annotations
 
@@ -20,51 +25,67 @@ from jface.models import layers
 LAYOUTS = ("2dasl", "standard")
 
 
+def _layer_factories(m: nn.Module, train: bool):
+  """conv(features, kernel, stride=1, name=) and bn(name, zero_scale=False) builders with ``m``'s dtype,
+  ``bn_axis_name``, ``conv1x1`` and ``bn`` implementation fields."""
+  def conv(features, kernel, stride=1, *, name):
+    return layers.conv(features, kernel, stride, dtype=m.dtype, impl=m.conv1x1, name=name)
+
+  def bn(name, zero_scale=False):
+    return layers.batch_norm(train, dtype=m.dtype, axis_name=m.bn_axis_name, zero_scale=zero_scale, impl=m.bn,
+                             name=name)
+  return conv, bn
+
+
 class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). Output channels = ``features``."""
+  """Two 3x3 convs (ResNet-18/34): (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), ``features``).
+  Fields as in ``ResNet`` (``conv1x1`` only affects the projection shortcut)."""
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   zero_init_residual: bool = False
+  conv1x1: str = "dot"
+  bn: str = "fused"
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name, zero=False: layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                                    zero_scale=zero, name=name)
-    y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+    conv, bn = _layer_factories(self, train)
+    y = conv(self.features, 3, self.stride, name="conv1")(x)
     y = nn.relu(bn("bn1")(y))
-    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = conv(self.features, 3, name="conv2")(y)
     y = bn("bn2", self.zero_init_residual)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, self.stride, dtype=self.dtype, name="proj_conv")(x)
+      x = conv(self.features, 1, self.stride, name="proj_conv")(x)
       x = bn("proj_bn")(x)
     return nn.relu(x + y)
 
 
 class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (stride) -> 1x1 (x4) bottleneck (ResNet-50+). Output channels = 4 * ``features``."""
+  """1x1 -> 3x3 (stride) -> 1x1 (x4) bottleneck (ResNet-50+): (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride),
+  4 * ``features``). Fields as in ``ResNet``."""
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   zero_init_residual: bool = False
+  conv1x1: str = "dot"
+  bn: str = "fused"
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name, zero=False: layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                                    zero_scale=zero, name=name)
+    conv, bn = _layer_factories(self, train)
     out = self.features * self.expansion
-    y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+    y = conv(self.features, 1, name="conv1")(x)
     y = nn.relu(bn("bn1")(y))
-    y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv2")(y)
+    y = conv(self.features, 3, self.stride, name="conv2")(y)
     y = nn.relu(bn("bn2")(y))
-    y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
+    y = conv(out, 1, name="conv3")(y)
     y = bn("bn3", self.zero_init_residual)(y)
     if self.stride != 1 or x.shape[-1] != out:
-      x = layers.conv(out, 1, self.stride, dtype=self.dtype, name="proj_conv")(x)
+      x = conv(out, 1, self.stride, name="proj_conv")(x)
       x = bn("proj_bn")(x)
     return nn.relu(x + y)
 
@@ -88,6 +109,8 @@ class ResNet(nn.Module):
     coord_channels: append two constant channels, x and y in [-1, 1] (CoordConv, Liu et al. 2018), to the
       input of the stem: with them a convolution + ReLU can turn "a landmark here" into "a landmark at x", which
       the average-pooled head can then read out. Off in the paper's network.
+    conv1x1: "dot" (1 x 1 convs as ``layers.Conv1x1Dot`` GEMMs, default) or "conv" (``nn.Conv``).
+    bn: "fused" (``layers.FusedBatchNorm``, hand-written VJP, default) or "flax" (``nn.BatchNorm``).
   """
   stage_sizes: Sequence[int]
   block_cls: Callable[..., nn.Module]
@@ -99,6 +122,8 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
   zero_init_residual: bool = False
   coord_channels: bool = False
+  conv1x1: str = "dot"
+  bn: str = "fused"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -108,8 +133,9 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if self.coord_channels:
       x = layers.append_coordinates(x)
-    x = layers.conv(self.num_filters, 7, 2, dtype=self.dtype, name="stem_conv")(x)
-    x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name, name="stem_bn")(x)
+    conv, bn = _layer_factories(self, train)
+    x = conv(self.num_filters, 7, 2, name="stem_conv")(x)
+    x = bn("stem_bn")(x)
     x = layers.max_pool_3x3_s2(nn.relu(x))
     last = len(self.stage_sizes) - 1
     for i, n_blocks in enumerate(self.stage_sizes):
@@ -118,7 +144,8 @@ class ResNet(nn.Module):
       for j in range(n_blocks):
         stride = stage_stride if j == 0 else 1
         x = self.block_cls(self.num_filters * 2 ** i, stride, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                           zero_init_residual=self.zero_init_residual, name=f"stage{i + 1}_block{j + 1}")(x, train)
+                           zero_init_residual=self.zero_init_residual, conv1x1=self.conv1x1, bn=self.bn,
+                           name=f"stage{i + 1}_block{j + 1}")(x, train)
     if self.layout == "2dasl":
       if x.shape[1] < 7 or x.shape[2] < 7:
         raise ValueError(f"layout '2dasl' needs a final feature map of at least 7x7 (AvgPool(7, stride 2)), "

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jface.models.layers import Conv1x1Dot
+
 
 def count_params(tree) -> int:
   """Total number of elements in a pytree of arrays (or ShapeDtypeStructs), e.g. ``variables['params']``."""
@@ -16,17 +18,17 @@ def count_params(tree) -> int:
 def count_macs(module: nn.Module, *inputs, **kwargs) -> int:
   """MACs of one forward pass of ``module`` on ``inputs`` (whole batch: pass batch 1 for per-image).
 
-  Counts ``nn.Conv`` (out pixels * k_h * k_w * in / groups * out) and ``nn.Dense`` (rows * in * out) layers only:
-  batch norm, activations, pooling and additions are left out, as in the usual "GMAC" figures. Runs ``init``
-  under ``jax.eval_shape`` with an interceptor, so nothing is compiled or allocated; ``inputs`` may be
-  ``jax.ShapeDtypeStruct``s.
+  Counts ``nn.Conv`` (out pixels * k_h * k_w * in / groups * out), ``Conv1x1Dot`` (out pixels * in * out) and
+  ``nn.Dense`` (rows * in * out) layers only: batch norm, activations, pooling and additions are left out, as in
+  the usual "GMAC" figures. Runs ``init`` under ``jax.eval_shape`` with an interceptor, so nothing is compiled or
+  allocated; ``inputs`` may be ``jax.ShapeDtypeStruct``s.
   """
   total = [0]
 
   def interceptor(next_fun, args, kw, context):
     out = next_fun(*args, **kw)
     mod = context.module
-    if context.method_name == "__call__" and isinstance(mod, (nn.Conv, nn.Dense)):
+    if context.method_name == "__call__" and isinstance(mod, (nn.Conv, nn.Dense, Conv1x1Dot)):
       x = args[0]
       rows = math.prod(out.shape[:-1])
       if isinstance(mod, nn.Conv):

@@ -1,26 +1,25 @@
 """Tiny random stand-ins used by several tests (no data, no synthetic renderer)."""
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 
-from jface import bfm as bfm_lib
-from jface import geometry
+from jface import configs, methods
+from jface.train import checkpoint
+from jface.core.face_model import FaceModel
+from jface.core import geometry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_config(arg=None):
-  spec = importlib.util.spec_from_file_location("config_2dasl", os.path.join(ROOT, "configs", "2dasl.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return configs.load("2dasl" + (f":{arg}" if arg else ""))
 
 
-def random_face_model(seed: int = 0, n_dense: int = 0) -> bfm_lib.FaceModel:
+def random_face_model(seed: int = 0, n_dense: int = 0) -> FaceModel:
   """A BFM-shaped 68-landmark model with BFM-like magnitudes (the mean face fills a 120 px crop); with
   ``n_dense`` > 0 also a small random dense part whose first 68 vertices are the keypoints."""
   rng = np.random.default_rng(seed)
@@ -34,7 +33,7 @@ def random_face_model(seed: int = 0, n_dense: int = 0) -> bfm_lib.FaceModel:
     kw = dict(u_dense=f(rng.normal(size=3 * n_dense) * 6e4), w_shp_dense=f(rng.normal(size=(3 * n_dense, 40)) * 0.02),
               w_exp_dense=f(rng.normal(size=(3 * n_dense, 10)) * 500), tex=f(np.full((n_dense, 3), 0.5)),
               keypoints=jnp.arange(68, dtype=jnp.int32))
-  return bfm_lib.FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
+  return FaceModel(u_base=f(pts.reshape(-1)), w_shp_base=f(rng.normal(size=(204, 40)) * 0.02),
                            w_exp_base=f(rng.normal(size=(204, 10)) * 500), param_mean=f(mean),
                            param_std=f(std), name="random", **kw).check()
 
@@ -55,6 +54,7 @@ def fake_batch(n: int, seed: int, with_params: bool, size: int = 32, face=None) 
 def fake_config(variant="default", **overrides):
   c = load_config(variant)
   c.model = "tiny_cnn"
+  c.image_size = 32  # fake_batch crops
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 1e-2
   c.model_kwargs = {"channels": (8, 16)}
@@ -64,3 +64,25 @@ def fake_config(variant="default", **overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def initial_state(config):
+  m = methods.get(config.method)
+  return m.init_state(config, m.build(config, bn_axis_name=None))
+
+
+def write_workdir(wd, config, tree, step: int, method_key: bool = True):
+  """A workdir as ``jface.training`` writes it: config.json + checkpoints/<step> (orbax StandardSave of
+  ``tree``). ``method_key=False``: a config.json written before the method registry (no "method")."""
+  os.makedirs(wd, exist_ok=True)
+  cfg = json.loads(config.to_json())
+  if not method_key:
+    cfg.pop("method")
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=2)
+  latest, best = checkpoint.managers(str(wd), 1)
+  latest.save(step, args=checkpoint.save_args(tree))
+  latest.wait_until_finished()
+  latest.close()
+  best.close()
+  return wd

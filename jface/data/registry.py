@@ -1,0 +1,108 @@
+"""Data sources by spec string (what configs and command lines name).
+
+=================================  ==========================================================================
+spec                               source
+=================================  ==========================================================================
+``synthetic:N[:SEED]``             N rendered synthetic faces with 3D labels (embedded default, no download)
+``synthetic2d:N[:SEED]``           the same faces as a 2D-only stream (params hidden, landmarks kept)
+``crops:DIR``                      benchmark crop layout ``DIR/crops`` + ``DIR/meta.npz`` (+ ``DIR/AFLW2000``
+                                   .mat labels when present); landmark input = FAN points of the meta
+``mat:DIR``                        original AFLW2000-3D / 300W-LP layout ``DIR/*.jpg`` + ``DIR/*.mat``
+``aflw_wild:DIR``                  AFLW in-the-wild crops with 21 visible-masked points (2D-only)
+``folder:IMAGES:LANDMARKS``        a folder of images + a 68-point landmarks file (2D-only)
+``tfds:NAME[:SPLIT[:DATA_DIR]]``   TFDS ``the300w_lp`` / ``aflw2k3d`` through ``tfds.data_source``
+=================================  ==========================================================================
+"""
+from __future__ import annotations
+
+import os
+
+from jface.core.face_model import MissingAssetError
+
+KINDS = ("synthetic", "synthetic2d", "crops", "mat", "aflw_wild", "folder", "tfds")
+
+
+class HideParams:
+  """Wraps a source so that it looks 2D-only: ``has_params`` False, params zero."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = dict(self.source[i])
+    ex["params"] = ex["params"] * 0
+    ex["has_params"] = False
+    return ex
+
+
+class Cached:
+  """Memoises ``source[i]`` (thread-safe enough: a race only renders an example twice). For small synthetic
+  sets, so a few-minute run renders each face once and then only pays for augmentation."""
+
+  def __init__(self, source):
+    self.source, self._memo = source, {}
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = self._memo.get(i)
+    if ex is None:
+      ex = self._memo[i] = self.source[i]
+    return ex
+
+
+CACHE_LIMIT = 2048  # synthetic and labelled-crop sets up to this size are kept in memory (~45 KB per example)
+
+
+def _cached_if_small(src):
+  return Cached(src) if len(src) <= CACHE_LIMIT else src
+
+
+def _need_dir(path: str, spec: str) -> str:
+  if not os.path.isdir(path):
+    raise MissingAssetError(f"missing data folder {path} (from data spec {spec!r})")
+  return path
+
+
+def build_source(spec: str, model=None):
+  """A random-access source for ``spec`` (see the module table). ``model`` whitens 3D labels."""
+  if not spec:
+    raise ValueError(f"empty data spec; expected one of: {', '.join(k + ':...' for k in KINDS)}")
+  kind, _, rest = spec.partition(":")
+  args = rest.split(":") if rest else []
+  if kind in ("synthetic", "synthetic2d"):
+    from jface.data.synthetic_faces import SyntheticFaces
+    if not args or not args[0].isdigit():
+      raise ValueError(f"data spec {spec!r}: expected {kind}:N[:SEED]")
+    src = SyntheticFaces(int(args[0]), seed=int(args[1]) if len(args) > 1 else 0,
+                         model=model if model is not None and model.name == "synthetic" else None)
+    src = _cached_if_small(src)
+    return HideParams(src) if kind == "synthetic2d" else src
+  if kind == "crops":
+    from jface.data.crops_layout import CropsLayoutSource
+    # Each example reads and converts a .mat file; 800 AFLW2000-3D crops fit in memory.
+    return _cached_if_small(CropsLayoutSource(_need_dir(rest, spec), model=model))
+  if kind == "mat":
+    from jface.data.mat_layout import MatLayoutSource
+    return MatLayoutSource(_need_dir(rest, spec), model=model)
+  if kind == "aflw_wild":
+    from jface.data.wild import AFLWWildSource
+    return AFLWWildSource(_need_dir(rest, spec))
+  if kind == "folder":
+    from jface.data.wild import FolderSource
+    if len(args) != 2:
+      raise ValueError(f"data spec {spec!r}: expected folder:IMAGES_DIR:LANDMARKS_FILE")
+    if not os.path.exists(args[1]):
+      raise MissingAssetError(f"missing landmarks file {args[1]} (from data spec {spec!r})")
+    return FolderSource(_need_dir(args[0], spec), args[1])
+  if kind == "tfds":
+    from jface.data.tfds_sources import TFDSSource
+    if not args:
+      raise ValueError(f"data spec {spec!r}: expected tfds:NAME[:SPLIT[:DATA_DIR]]")
+    return TFDSSource(args[0], split=args[1] if len(args) > 1 else "train",
+                      data_dir=args[2] if len(args) > 2 else None, model=model)
+  raise ValueError(f"unknown data spec kind {kind!r} in {spec!r}; choose one of {', '.join(KINDS)}")

@@ -1,0 +1,196 @@
+r"""The ``predict`` command: images -> faces -> landmarks, head pose and coloured dense meshes, with any trained
+method's workdir (``python predict.py ...`` or ``python -m jface.predict ...``; both call ``main``)::
+
+  python -m jface.predict IMAGE_OR_FOLDER --checkpoint WORKDIR --out OUTDIR [--landmarks FILE]
+      [--flm auto|given|dlib|iterate] [--iterations N] [--bfm_dir DIR] [--detector auto|haar|dlib|full] [--no_mesh]
+
+Faces come from ``--landmarks FILE`` (the ``jface.data.wild.read_landmarks_file`` format, original-image pixels,
+names relative to the input folder) or a face detector (``jface.inference.detect``); see
+``jface.inference.faces`` (crops, landmark map) and ``jface.inference.predictor`` (the method's predictions).
+
+Files: ``OUTDIR/<image>_face<k>.obj`` and ``.ply`` (``jface.inference.outputs.save_meshes``),
+``OUTDIR/<image>_overlay.jpg`` (shaded mesh + landmarks), ``OUTDIR/results.json`` (per image: status, size,
+faces with ``jface.inference.outputs.face_json``; a summary). Images are read and predicted ``--group`` at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_inputs(path: str) -> tuple[str, List[str]]:
+  """-> (root folder, image paths relative to it). A file gives its folder and its name."""
+  if os.path.isdir(path):
+    from jface.data.wild import list_images
+    return path, list_images(path, IMAGE_EXTS)
+  if os.path.isfile(path):
+    return os.path.dirname(os.path.abspath(path)), [os.path.basename(path)]
+  raise FileNotFoundError(f"no such image or folder: {path}")
+
+
+def _stem(rel: str) -> str:
+  return os.path.splitext(rel)[0].replace(os.sep, "__").replace("/", "__")
+
+
+def _no_detector(image):
+  raise ValueError("no landmarks given and no face detector installed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from jface.inference.faces import FLM_MODES
+  from jface.inference.predictor import DEFAULT_ITERATIONS
+  ap = argparse.ArgumentParser(prog="python -m jface.predict",
+                               description="3D face reconstruction of images with a trained jface checkpoint.")
+  ap.add_argument("input", help="an image or a folder of images (searched recursively)")
+  ap.add_argument("--checkpoint", required=True, help="train.py workdir")
+  ap.add_argument("--out", required=True, help="output folder")
+  ap.add_argument("--landmarks", default=None,
+                  help="68-point landmarks file (CSV/.npz of jface.data.wild.read_landmarks_file; names relative to "
+                       "the input folder): these images use the given faces instead of detection")
+  ap.add_argument("--flm", default="auto", choices=FLM_MODES,
+                  help="landmark map for models with a landmark-map input: given = the --landmarks points; dlib = "
+                       "dlib's 68-point predictor; iterate = the mean face, then redrawn from the model's own "
+                       "prediction --iterations times; auto = given, else dlib if installed, else iterate")
+  ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="FLM redraws in iterate mode")
+  ap.add_argument("--bfm_dir", default=None, help="face model (default: the checkpoint's config.bfm_dir)")
+  ap.add_argument("--dense_bases_dir", default=None, help="folder with w_shp_sim.npy / w_exp_sim.npy")
+  ap.add_argument("--which", default="latest", choices=("latest", "best"))
+  ap.add_argument("--detector", default="auto", choices=("auto", "haar", "dlib", "full"))
+  ap.add_argument("--min_face_size", type=int, default=20, help="px, smaller detector box side")
+  ap.add_argument("--max_faces", type=int, default=0, help="largest faces kept per image (0 = all)")
+  ap.add_argument("--max_batch", type=int, default=32, help="faces per forward pass")
+  ap.add_argument("--group", type=int, default=256,
+                  help="images read and predicted together (all their faces share the batched passes)")
+  ap.add_argument("--dlib_predictor", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+  ap.add_argument("--no_mesh", action="store_true", help="no .obj/.ply (landmarks, pose, overlays only)")
+  ap.add_argument("--no_overlay", action="store_true")
+  ap.add_argument("--ascii_ply", action="store_true")
+  return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """CLI entry point; returns the exit status: 0 = done (bad images are reported and skipped), 1 = no image could
+  be processed, 2 = unusable arguments (missing checkpoint, face model, input, landmarks file, detector)."""
+  args = build_parser().parse_args(argv)
+  from jface.core.face_model import MissingAssetError
+  from jface.data import common
+  from jface.data.wild import read_landmarks_file
+  from jface.inference import detect, outputs
+  from jface.inference.predictor import Predictor
+  from jface.train import checkpoint
+
+  def fail(msg) -> int:
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
+
+  if args.group < 1:
+    return fail(f"--group must be >= 1, got {args.group}")
+  try:
+    root, rels = list_inputs(args.input)
+  except FileNotFoundError as e:
+    return fail(e)
+  if not rels:
+    return fail(f"no images ({', '.join(IMAGE_EXTS)}) under {args.input}")
+  given = {}
+  if args.landmarks:
+    try:
+      names, pts = read_landmarks_file(args.landmarks)
+    except (OSError, ValueError) as e:
+      return fail(e)
+    given = {os.path.normpath(n): p for n, p in zip(names, pts)}
+    unused = len(set(given) - {os.path.normpath(r) for r in rels})
+    if unused:
+      print(f"warning: {unused} rows of {args.landmarks} name no image under {args.input}", file=sys.stderr)
+  try:  # fail early (before the detector and the model) on a folder that is no workdir
+    checkpoint.read_config(args.checkpoint)
+  except checkpoint.CheckpointError as e:
+    return fail(e)
+  detector = args.detector
+  if any(os.path.normpath(r) not in given for r in rels):
+    try:  # fail early, once, when some image needs a detector and none is installed
+      detector = detect.make_detector(args.detector, args.min_face_size)
+    except detect.NoDetectorError as e:
+      if not given:
+        return fail(e)
+      print(f"warning: {' '.join(str(e).split())}; images without landmarks are skipped", file=sys.stderr)
+      detector = _no_detector
+  try:
+    pred = Predictor(args.checkpoint, args.bfm_dir, which=args.which, flm=args.flm, iterations=args.iterations,
+                     detector=detector, dense=not args.no_mesh or not args.no_overlay,
+                     dense_bases_dir=args.dense_bases_dir, max_batch=args.max_batch,
+                     min_face_size=args.min_face_size, max_faces=args.max_faces,
+                     dlib_predictor=args.dlib_predictor)
+  except (checkpoint.CheckpointError, MissingAssetError, ValueError) as e:
+    return fail(e)
+  os.makedirs(args.out, exist_ok=True)
+
+  t0 = time.time()
+  records: List[dict] = []
+  tri = pred.triangles
+  n_faces = 0
+  for g in range(0, len(rels), args.group):
+    images, lms, recs = [], [], []
+    for rel in rels[g:g + args.group]:
+      rec = {"image": rel, "status": "ok", "faces": []}
+      records.append(rec)
+      try:
+        img = common.read_image(os.path.join(root, rel))
+      except ValueError as e:
+        rec.update(status="error", error=" ".join(str(e).split()))
+        print(f"skipping {rel}: {rec['error']}", file=sys.stderr)
+        continue
+      rec["size"] = [int(img.shape[1]), int(img.shape[0])]
+      images.append(img)
+      lms.append(given.get(os.path.normpath(rel)))
+      recs.append(rec)
+    errors: List[Optional[str]] = []
+    results = pred.predict_images(images, lms, errors=errors)
+    for img, faces, err, rec in zip(images, results, errors, recs):
+      if err is not None:
+        rec.update(status="error", error=err)
+        print(f"skipping {rec['image']}: {err}", file=sys.stderr)
+        continue
+      if not faces:
+        rec["status"] = "no_face"
+        print(f"{rec['image']}: no face found", file=sys.stderr)
+        continue
+      stem = os.path.join(args.out, _stem(rec["image"]))
+      for k, f in enumerate(faces):
+        meshes = None
+        if not args.no_mesh and f.vertices is not None and tri is not None:
+          meshes = outputs.save_meshes(f"{stem}_face{k}", img, f.vertices, tri, dense_shape=f.dense_shape,
+                                       binary_ply=not args.ascii_ply)
+          meshes = {key: os.path.relpath(p, args.out) for key, p in meshes.items()}
+        rec["faces"].append(outputs.face_json(f, meshes))
+      n_faces += len(faces)
+      if not args.no_overlay:
+        import cv2
+        path = f"{stem}_overlay.jpg"
+        cv2.imwrite(path, outputs.overlay(img, faces, tri)[..., ::-1])
+        rec["overlay"] = os.path.relpath(path, args.out)
+  n_bad = sum(r["status"] == "error" for r in records)
+  n_none = sum(r["status"] == "no_face" for r in records)
+  summary = {"images": len(records), "faces": n_faces, "errors": n_bad, "no_face": n_none,
+             "seconds": round(time.time() - t0, 2)}
+  doc = {"checkpoint": os.path.abspath(args.checkpoint), "face_model": pred.model.name,
+         "use_flm": pred.use_flm, "flm_mode": args.flm, "iterations": args.iterations,
+         "dense_shape": pred.dense_shape if not args.no_mesh else "none",
+         "dense_shape_note": ("posed mean shape only: identity and expression not applied (no dense bases)"
+                              if pred.dense_shape == "mean" else ""),
+         "coordinates": "image pixels, 1-based pixel centres, y down; meshes: (x, H + 1 - y, z)",
+         "summary": summary, "images": records}
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(doc, f, indent=1)
+  print(f"{summary['images']} images, {n_faces} faces, {n_bad} unreadable/bad, {n_none} without a face "
+        f"-> {os.path.join(args.out, 'results.json')}")
+  return 0 if len(records) > n_bad else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

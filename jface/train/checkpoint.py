@@ -1,0 +1,90 @@
+"""Orbax checkpoints of a workdir: ``checkpoints/`` (latest, kept ``keep``) and ``best/`` (best dev metric), the
+saved ``config.json``, and loading a workdir back as ``(config, method, state)``.
+
+Workdirs written before the method registry (state fields ``adv_params`` / ``adv_opt_state`` instead of
+``extra``) are converted on load; anything else that does not match gives one line naming the workdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+LATEST, BEST = "checkpoints", "best"
+_LEGACY_KEYS = ("adv_params", "adv_opt_state")
+
+
+class CheckpointError(FileNotFoundError):
+  """A workdir without a loadable checkpoint (one-line message)."""
+
+
+def managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+  """(latest, best) managers; ``best`` keeps the step with the lowest ``metrics["dev_nme"]``."""
+  latest = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, LATEST)), item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
+  best = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, BEST)), item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_nme"], best_mode="min",
+                                           create=True, enable_async_checkpointing=False))
+  return latest, best
+
+
+def reader(path: str) -> ocp.CheckpointManager:
+  """A read-only manager of a checkpoint folder (its metadata tells the saved layout)."""
+  return ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler(),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def save_args(state):
+  return ocp.args.StandardSave(state)
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+def _saved_keys(manager: ocp.CheckpointManager, step: int) -> set:
+  try:
+    meta = manager.item_metadata(step)
+    tree = getattr(meta, "tree", meta)
+    return set(tree.keys()) if hasattr(tree, "keys") else set()
+  except Exception:  # noqa: BLE001 -- metadata formats vary across orbax versions; fall back to a plain restore
+    return set()
+
+
+def restore(manager: ocp.CheckpointManager, template, step: int | None = None):
+  """Restores ``step`` (default: latest) into host arrays shaped like ``template`` (a ``TrainState``);
+  converts the pre-registry 2DASL layout (``adv_params``/``adv_opt_state``) into ``extra``."""
+  step = manager.latest_step() if step is None else step
+  if _LEGACY_KEYS[0] in _saved_keys(manager, step):
+    legacy = {"step": template.step, "params": template.params, "batch_stats": template.batch_stats,
+              "opt_state": template.opt_state, "adv_params": template.extra.get("adv_params", {}),
+              "adv_opt_state": template.extra.get("adv_opt_state", {})}
+    old = manager.restore(step, args=ocp.args.StandardRestore(_abstract(legacy)))
+    extra = {k: old[k] for k in _LEGACY_KEYS} if template.extra else {}
+    return template.replace(step=old["step"], params=old["params"], batch_stats=old["batch_stats"],
+                            opt_state=old["opt_state"], extra=extra)
+  return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"no checkpoint at {workdir}: expected a train.py workdir with config.json and "
+                          f"{LATEST}/")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if "method" not in config:  # written before the method registry: 2DASL
+    config.method = "2dasl"
+  return config
