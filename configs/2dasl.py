@@ -9,11 +9,12 @@ Variants (``get_config(arg)``):
   68-point landmarks: ``folder:/path/images:/path/landmarks.csv``), ``--config.data.dev`` and
   ``--config.bfm_dir`` (3DDFA's train.configs). Not run here (no 300W-LP, no GPU): no measured result yet.
 * ``:smoke`` -- the embedded default: synthetic faces rendered by our own face model (1024 train faces cached in
-  memory, 64 fixed dev faces), ResNet-18 at width 16, the full cyc+sc loss, batch 8 + 8, 200 steps; no download.
+  memory, 64 fixed dev faces), ResNet-18 at width 16 with CoordConv channels, the full cyc+sc loss, batch 8 + 8,
+  Adam 3e-3 falling 10x over 800 steps, no augmentation; no download.
   Command: ``python train.py --config configs/2dasl.py:smoke --workdir /tmp/jface-smoke``.
-  Measured (2026-11-21, 2-core CPU machine at load 6-9): 5 min 46 s, dev NME mean of bins 15.05 vs 15.76 for the
-  mean face -- it exercises training, checkpoints, resume and evaluation; 200 steps are too few to learn much
-  (``benchmarks/synthetic_learning.py``: 9.20 after 400 steps of batch 16, L3d only). docs/RESULTS.md.
+  Measured (2026-12-02, idle 2-core CPU machine): 4 min 31 s, dev 2D NME mean of bins 9.048 vs 15.757 for the mean
+  face (3D NME 60.0 vs 38.7: depth is not learned). The recipe was chosen among six measured ones
+  (docs/RESULTS.md, "the :smoke run").
 * ``:base`` / ``:cyc`` / ``:sc`` -- the paper's ablations (Sec. 4.4) on the default's data: ``base`` = RGB only,
   L3d only; ``cyc`` = RGB + FLM with the self-supervision losses (no critic); ``sc`` = RGB only with the
   self-critic. The default is cyc+sc. Not run here either (no measured result yet).
@@ -29,7 +30,9 @@ Variants (``get_config(arg)``):
   4.014 / 5.811 / 7.124) in 42 min; ``:cpu_cyc`` 5.478 in 37 min; ``:cpu_sc`` 8.461 in 37 min; ``:cpu_base`` 7.304
   in 48 min; ``:cpu_base_flm`` 5.305 in 47 min. Anchors: FAN input 5.496, released 2DASL 3.463. 3D NME: 16.19 /
   42.65 / 16.40 / 26.16 / 24.32 (released 5.34).
-  Backbone and learning rate were chosen on a hold-out of train.
+  Backbone and learning rate were chosen on a hold-out of train. These runs used the plain flax layers
+  (``model_kwargs`` ``conv1x1="conv", bn="flax"``); the default fast layers compute the same step to 1e-7 but a
+  rerun follows another trajectory and lands within the run-to-run spread (docs/RESULTS.md, "Behaviour check").
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.

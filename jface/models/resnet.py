@@ -37,9 +37,8 @@ def _layer_factories(m: nn.Module, train: bool):
   return conv, bn
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34): (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), ``features``).
-  Fields as in ``ResNet`` (``conv1x1`` only affects the projection shortcut)."""
+class _Block(nn.Module):
+  """The fields every residual block takes (as in ``ResNet``)."""
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -47,6 +46,11 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = False
   conv1x1: str = "dot"
   bn: str = "fused"
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34): (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), ``features``).
+  Fields as in ``ResNet`` (``conv1x1`` only affects the projection shortcut)."""
   expansion = 1
 
   @nn.compact
@@ -62,16 +66,9 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (stride) -> 1x1 (x4) bottleneck (ResNet-50+): (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride),
   4 * ``features``). Fields as in ``ResNet``."""
-  features: int
-  stride: int = 1
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-  zero_init_residual: bool = False
-  conv1x1: str = "dot"
-  bn: str = "fused"
   expansion = 4
 
   @nn.compact

@@ -7,6 +7,7 @@ Workdirs written before the method registry (state fields ``adv_params`` / ``adv
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
@@ -35,9 +36,17 @@ def managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager, ocp.Checkp
 
 
 def reader(path: str) -> ocp.CheckpointManager:
-  """A read-only manager of a checkpoint folder (its metadata tells the saved layout)."""
-  return ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler(),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  """A read-only manager of a checkpoint folder (its metadata tells the saved layout). Orbax's warning that the
+  folder is read only (which is what was asked) is kept off the user's console."""
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)
+  try:
+    return ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler(),
+                                 options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                      save_interval_steps=0))
+  finally:
+    absl_log.setLevel(level)
 
 
 def save_args(state):
