@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 5e-5
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False
-  c.optimizer.decay_rate = 0.5  # exponential decay: lr * decay_rate ** (step / decay_steps)
+  c.optimizer.decay_rate = 0.5  # exponential decay: lr * decay_rate ** (step / decay_steps); decay_steps 0 = num_steps
   c.optimizer.decay_steps = 50_000
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip = 0.0  # 0 = off
@@ -136,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 3e-3
     c.optimizer.decay_rate = 0.1
-    c.optimizer.decay_steps = c.get_ref("num_steps")  # lr falls 10x over the run, whatever num_steps is
+    c.optimizer.decay_steps = 0  # = num_steps: lr falls 10x over the run, whatever num_steps is
     c.log_every = 50
     c.eval_every = 400
     c.checkpoint_every = 100
@@ -168,7 +168,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 3e-3
   c.optimizer.decay_rate = 0.1
-  c.optimizer.decay_steps = c.get_ref("num_steps")  # lr falls 10x over the run, whatever num_steps is
+  c.optimizer.decay_steps = 0  # = num_steps: lr falls 10x over the run, whatever num_steps is
   c.log_every = 50
   c.eval_every = int(round(c.num_steps / 8, -2))
   c.checkpoint_every = 250

@@ -14,7 +14,7 @@ import pytest
 
 from jface import methods, training
 from jface.methods.workdir import load_checkpoint
-from jface.train import parallel
+from jface.train import optim, parallel
 from jface.core.face_model import MissingAssetError
 from tests.helpers.fakes import ROOT, fake_batch, fake_config, load_config, random_face_model
 
@@ -168,9 +168,13 @@ def test_cpu_configs_are_the_paper_ablations(variant, switches):
   c = load_config(variant)
   assert (c.use_flm, c.use_cyc, c.use_sc) == switches
   assert c.data.train_3d.startswith("crops:") and c.data.dev.endswith("aflw2000_3d_dev")
-  assert c.optimizer.decay_steps == c.num_steps  # the schedule follows a num_steps override
+  lr = optim.schedule(c)  # decay_steps 0: the 10x decay spans num_steps, also after an override
+  assert float(lr(c.num_steps)) == pytest.approx(c.optimizer.learning_rate * c.optimizer.decay_rate, rel=1e-5)
   c.num_steps = 10
-  assert c.optimizer.decay_steps == 10
+  assert float(optim.schedule(c)(10)) == pytest.approx(c.optimizer.learning_rate * c.optimizer.decay_rate, rel=1e-5)
+  c.optimizer.decay_steps = 20  # an explicit decay_steps leaves num_steps alone
+  assert c.num_steps == 10 and float(optim.schedule(c)(20)) == pytest.approx(
+      c.optimizer.learning_rate * c.optimizer.decay_rate, rel=1e-5)
 
 
 def test_cpu_config_trains_on_shared_data(tmp_path, shared_data):

@@ -57,28 +57,44 @@ def _abstract(tree):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
 
 
-def _saved_keys(manager: ocp.CheckpointManager, step: int) -> set:
+def _saved_tree(manager: ocp.CheckpointManager, step: int):
+  """The saved item's metadata tree (leaves with ``.shape``), or None when this orbax cannot say."""
   try:
     meta = manager.item_metadata(step)
-    tree = getattr(meta, "tree", meta)
-    return set(tree.keys()) if hasattr(tree, "keys") else set()
+    return getattr(meta, "tree", meta)
   except Exception:  # noqa: BLE001 -- metadata formats vary across orbax versions; fall back to a plain restore
-    return set()
+    return None
+
+
+def _shapes(tree) -> list:
+  """Sorted leaf shapes of a state or of a saved metadata tree (comparable across the two)."""
+  def shape(x):
+    s = getattr(x, "shape", None)
+    return tuple(int(d) for d in (np.shape(x) if s is None else s))
+  return sorted(shape(x) for x in jax.tree_util.tree_leaves(tree))
 
 
 def restore(manager: ocp.CheckpointManager, template, step: int | None = None):
   """Restores ``step`` (default: latest) into host arrays shaped like ``template`` (a ``TrainState``);
-  converts the pre-registry 2DASL layout (``adv_params``/``adv_opt_state``) into ``extra``."""
+  converts the pre-registry 2DASL layout (``adv_params``/``adv_opt_state``) into ``extra``. Raises ``ValueError``
+  (one line) before reading any array when the saved leaves do not have the template's shapes."""
   step = manager.latest_step() if step is None else step
-  if _LEGACY_KEYS[0] in _saved_keys(manager, step):
-    legacy = {"step": template.step, "params": template.params, "batch_stats": template.batch_stats,
+  saved = _saved_tree(manager, step)
+  legacy = saved is not None and hasattr(saved, "keys") and _LEGACY_KEYS[0] in saved.keys()
+  target = template
+  if legacy:
+    target = {"step": template.step, "params": template.params, "batch_stats": template.batch_stats,
               "opt_state": template.opt_state, "adv_params": template.extra.get("adv_params", {}),
               "adv_opt_state": template.extra.get("adv_opt_state", {})}
-    old = manager.restore(step, args=ocp.args.StandardRestore(_abstract(legacy)))
-    extra = {k: old[k] for k in _LEGACY_KEYS} if template.extra else {}
-    return template.replace(step=old["step"], params=old["params"], batch_stats=old["batch_stats"],
-                            opt_state=old["opt_state"], extra=extra)
-  return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+  if saved is not None and _shapes(saved) != _shapes(target):
+    raise ValueError(f"the checkpoint at step {step} holds {len(jax.tree_util.tree_leaves(saved))} arrays whose "
+                     f"shapes differ from the {len(jax.tree_util.tree_leaves(target))} the model needs")
+  restored = manager.restore(step, args=ocp.args.StandardRestore(_abstract(target)))
+  if not legacy:
+    return restored
+  extra = {k: restored[k] for k in _LEGACY_KEYS} if template.extra else {}
+  return template.replace(step=restored["step"], params=restored["params"], batch_stats=restored["batch_stats"],
+                          opt_state=restored["opt_state"], extra=extra)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
