@@ -24,7 +24,7 @@ def load_checkpoint(workdir: str, which: str = "latest"):
   try:
     state = checkpoint.restore(manager, template)
   except (ValueError, KeyError, TypeError) as e:
-    raise checkpoint.CheckpointError(f"cannot load {path}: it does not match the {method.name} model of its config.json "
-                          f"(written by another jface layout? {type(e).__name__}: {' '.join(str(e).split())[:200]})"
-                          ) from None
+    why = " ".join(str(e).split())[:200]
+    raise checkpoint.CheckpointError(f"cannot load {path}: it does not match the {method.name} model of its "
+                                     f"config.json ({type(e).__name__}: {why})") from None
   return config, method, state
