@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage = 1  # 1: full loss with L3d; 2: fine-tune with the vertex distance cost (VDC)
   c.init_from = ""  # workdir whose latest checkpoint initialises the regressor (stage 2)
   c.lambdas = ml_collections.ConfigDict(PAPER_LAMBDAS)
+  c.l3d_weights = "2d"  # W of L3d from the 2D landmarks (the paper's sentence) or "3d" (3DDFA's WPDC; learns depth)
 
   c.data = ml_collections.ConfigDict()
   c.data.train_3d = ""

@@ -53,15 +53,17 @@ def _landmarks_np(model, pw, dense=False):
   return v.T
 
 
-def _weights_np(model, pred, gt):
+def _weights_np(model, pred, gt, dims=2):
   pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
   out = np.zeros(pred.shape)
   for b in range(pred.shape[0]):
-    h_gt = _landmarks_np(model, gt[b])[:, :2]
+    h_gt = _landmarks_np(model, gt[b])[:, :dims]
     for i in range(62):
       mixed = gt[b].copy()
       mixed[i] = pred[b, i]
-      out[b, i] = np.linalg.norm(_landmarks_np(model, mixed)[:, :2] - h_gt)
+      out[b, i] = np.linalg.norm(_landmarks_np(model, mixed)[:, :dims] - h_gt)
+    if dims == 3:
+      out[b, 11] = 0.0  # t_z, as 3DDFA's WPDC
     out[b] /= out[b].sum()
   return out
 
@@ -126,6 +128,21 @@ def test_coefficient_weights_vs_numpy(model, params, jitted):
   assert np.all(np.asarray(w) >= 0)
   # depth-only coefficients (3rd row of [fR | t]) do not move the 2D landmarks
   assert np.all(np.asarray(w)[:, 8:12] < 1e-5)
+
+
+def test_coefficient_weights_3d_form_vs_numpy(model, params):
+  """The WPDC-like 3D form: weights from the 68 3D landmarks, t_z weight 0; depth rows 8..10 now get weight."""
+  pred, gt = params
+  w = np.asarray(jax.jit(L.coefficient_weights, static_argnames="form")(model, pred, gt, form="3d"))
+  chex.assert_shape(w, (B, 62))
+  np.testing.assert_allclose(w, _weights_np(model, pred, gt, dims=3), atol=2e-5, rtol=2e-3)
+  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+  assert np.all(w[:, 11] == 0) and np.all(w[:, 8:11].sum(-1) > 1e-4)
+  r = np.asarray(gt, np.float64) - np.asarray(pred, np.float64)
+  np.testing.assert_allclose(float(L.weighted_coefficient_loss(model, pred, gt, form="3d")),
+                             np.mean(np.sum(_weights_np(model, pred, gt, dims=3) * r * r, -1)), rtol=2e-3)
+  with pytest.raises(ValueError, match="form"):
+    L.coefficient_weights(model, pred, gt, form="4d")
 
 
 def test_weighted_coefficient_loss_vs_numpy(model, params, jitted):

@@ -142,22 +142,29 @@ def _reduce(d, valid, weights, normalize):
 
 # ------------------------------------------------------------------------- L3d: weighted coefficients
 
-def coefficient_weights(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.Array) -> jax.Array:
+WEIGHT_FORMS = ("2d", "3d")
+
+
+def coefficient_weights(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.Array, form: str = "2d") -> jax.Array:
   """W of paper Sec. 3.3: ``w_i = ||H(a_i) - H(a*)|| / sum_j ||H(a_j) - H(a*)||``, shape (B, 62).
 
-  ``H = geometry.landmarks2d`` (68 projected landmarks, crop pixels) and ``a_i`` takes coefficient i from the
-  prediction and the other 61 from the ground truth; ``||.||`` is the Frobenius norm over all 68 x 2
-  coordinates. The substitution is done on whitened params: whitening is per coefficient
-  (``p_i = pw_i std_i + mean_i``), so substituting coefficient i before or after dewhitening gives the same
-  ``a_i``. Computed with ``jax.vmap`` over the 62 substitutions and over the batch.
+  ``form="2d"`` (the paper's sentence): ``H = geometry.landmarks2d`` (68 projected landmarks, crop pixels).
+  ``form="3d"`` (3DDFA's WPDC, which 2DASL says it follows): ``H = geometry.landmarks3d`` (68 x 3, z in the same
+  pixel units), and the weight of t_z (coefficient 11, a global depth offset a single image cannot determine)
+  is 0, as WPDC's. ``a_i`` takes coefficient i from the prediction and the other 61 from the ground truth;
+  ``||.||`` is the Frobenius norm over all 68 x 2 (or x 3) coordinates. The substitution is done on whitened
+  params: whitening is per coefficient (``p_i = pw_i std_i + mean_i``), so substituting coefficient i before or
+  after dewhitening gives the same ``a_i``. Computed with ``jax.vmap`` over the 62 substitutions and the batch.
 
-  The weights are wrapped in ``stop_gradient`` (held constant for the gradient, as 3DDFA's WPDC). Coefficients
-  8..11 (the third row of ``[fR | t]``, incl. t_z) only move depth, not the 2D landmarks, so their weights are
-  0 (up to float rounding) and L3d never supervises them (3DDFA's WPDC zeroes t_z but weights 8..10; use
-  ``vertex_distance_loss`` to supervise depth). When the prediction equals the target in 2D (all distances 0)
-  the weights are all 0.
+  The weights are wrapped in ``stop_gradient`` (held constant for the gradient, as 3DDFA's WPDC). In the 2D form
+  coefficients 8..11 (the third row of ``[fR | t]``, incl. t_z) only move depth, not the 2D landmarks, so their
+  weights are 0 (up to float rounding) and L3d never supervises depth; the 3D form weights 8..10 too. When the
+  prediction equals the target (all distances 0) the weights are all 0.
   """
   _check_params(pw_pred, pw_gt)
+  if form not in WEIGHT_FORMS:
+    raise ValueError(f"coefficient weight form must be one of {WEIGHT_FORMS}, got {form!r}")
+  project = geometry.landmarks2d if form == "2d" else geometry.landmarks3d
   pw_pred = jax.lax.stop_gradient(pw_pred)
   pw_gt = jax.lax.stop_gradient(pw_gt)
   select = jnp.eye(N_PARAMS, dtype=bool)  # row i: take coefficient i from the prediction
@@ -166,16 +173,19 @@ def coefficient_weights(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.Array) 
     # row 0 is the ground truth itself, so that H(a*) and H(a_i) are computed by the same batched ops
     # (bitwise equal when a_i == a*, e.g. pred == gt, instead of differing by float rounding).
     mixed = jnp.concatenate([gt[None, :], jnp.where(select, pred[None, :], gt[None, :])])  # (63, 62)
-    h = jax.vmap(lambda p: geometry.landmarks2d(model, p))(mixed)  # (63, 68, 2)
+    h = jax.vmap(lambda p: project(model, p))(mixed)  # (63, 68, 2|3)
     d = safe_norm((h[1:] - h[:1]).reshape(N_PARAMS, -1), axis=-1)  # (62,)
+    if form == "3d":
+      d = d.at[11].set(0.0)  # t_z
     tot = jnp.sum(d)
     return jnp.where(tot > 0, d / jnp.where(tot > 0, tot, 1.0), 0.0)
 
   return jax.lax.stop_gradient(jax.vmap(per_sample)(pw_pred, pw_gt))
 
 
-def weighted_coefficient_loss(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.Array) -> jax.Array:
-  """L3d of paper Sec. 3.3: ``(a* - a)^T W (a* - a)``, averaged over the batch. Scalar.
+def weighted_coefficient_loss(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.Array, form: str = "2d") -> jax.Array:
+  """L3d of paper Sec. 3.3: ``(a* - a)^T W (a* - a)``, averaged over the batch, W = ``coefficient_weights`` of
+  ``form``. Scalar.
 
   The residual ``a* - a`` is in *whitened* space, the space the network outputs and 3DDFA's WPDC (which 2DASL
   follows) uses: raw coefficients span ~10 orders of magnitude (rotation ~1e-4, shape ~1e5), so a raw residual
@@ -183,7 +193,7 @@ def weighted_coefficient_loss(model: FaceModel, pw_pred: jax.Array, pw_gt: jax.A
   importance. No further constant: per sample ``sum_i w_i r_i^2`` with ``sum_i w_i = 1``, i.e. a weighted mean
   squared whitened residual (3DDFA instead normalises W by its max and averages over the 62 terms).
   """
-  w = coefficient_weights(model, pw_pred, pw_gt)
+  w = coefficient_weights(model, pw_pred, pw_gt, form)
   r = pw_gt - pw_pred
   return jnp.mean(jnp.sum(w * r * r, axis=-1))
 

@@ -91,6 +91,7 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
   """
   use_flm, use_cyc, use_sc, stage = config.use_flm, config.use_cyc, config.use_sc, config.stage
   lambdas = dict(config.lambdas)
+  l3d_weights = config.get("l3d_weights", "2d")  # configs written before the option: the paper's 2D form
   uses_2d = use_cyc or use_sc
   reg, enc, cri = mods.regressor, mods.encoder, mods.critic
 
@@ -110,7 +111,7 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
       a3, a2 = out[:n3], out[n3:]
       terms = {}
       if stage == 1:
-        terms["l3d"] = losses.weighted_coefficient_loss(face, a3, batch3d["params"])
+        terms["l3d"] = losses.weighted_coefficient_loss(face, a3, batch3d["params"], l3d_weights)
       else:
         terms["vdc"] = losses.vertex_distance_loss(face, a3, batch3d["params"])
       if use_cyc:
