@@ -12,9 +12,8 @@ Variants (``get_config(arg)``):
   memory, 64 fixed dev faces), ResNet-18 at width 16 with CoordConv channels, the full cyc+sc loss, batch 8 + 8,
   Adam 3e-3 falling 10x over 800 steps, no augmentation; no download.
   Command: ``python train.py --config configs/2dasl.py:smoke --workdir /tmp/jface-smoke``.
-  Measured (2026-12-02, idle 2-core CPU machine): 4 min 31 s, dev 2D NME mean of bins 9.048 vs 15.757 for the mean
-  face (3D NME 60.0 vs 38.7: depth is not learned). The recipe was chosen among six measured ones
-  (docs/RESULTS.md, "the :smoke run").
+  Measured (2026-12-02, idle 2-core CPU machine): 4 min 02 s, dev 2D NME mean of bins 9.049 vs 15.757 for the mean
+  face, 3D NME 14.11 vs 38.75. The recipe was chosen among six measured ones (docs/RESULTS.md, "the :smoke run").
 * ``:base`` / ``:cyc`` / ``:sc`` -- the paper's ablations (Sec. 4.4) on the default's data: ``base`` = RGB only,
   L3d only; ``cyc`` = RGB + FLM with the self-supervision losses (no critic); ``sc`` = RGB only with the
   self-critic. The default is cyc+sc. Not run here either (no measured result yet).
@@ -30,9 +29,11 @@ Variants (``get_config(arg)``):
   4.014 / 5.811 / 7.124) in 42 min; ``:cpu_cyc`` 5.478 in 37 min; ``:cpu_sc`` 8.461 in 37 min; ``:cpu_base`` 7.304
   in 48 min; ``:cpu_base_flm`` 5.305 in 47 min. Anchors: FAN input 5.496, released 2DASL 3.463. 3D NME: 16.19 /
   42.65 / 16.40 / 26.16 / 24.32 (released 5.34).
-  Backbone and learning rate were chosen on a hold-out of train. These runs used the plain flax layers
-  (``model_kwargs`` ``conv1x1="conv", bn="flax"``); the default fast layers compute the same step to 1e-7 but a
-  rerun follows another trajectory and lands within the run-to-run spread (docs/RESULTS.md, "Behaviour check").
+  Backbone and learning rate were chosen on a hold-out of train. These runs used the 2D-form L3d weights (now
+  ``--config.l3d_weights=2d``; the 3D form, the default since, keeps 2D and learns depth: docs/RESULTS.md) and the
+  plain flax layers (``model_kwargs`` ``conv1x1="conv", bn="flax"``); the default fast layers compute the same
+  step to 1e-7 but a rerun follows another trajectory and lands within the run-to-run spread (docs/RESULTS.md,
+  "Behaviour check").
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
@@ -80,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage = 1  # 1: full loss with L3d; 2: fine-tune with the vertex distance cost (VDC)
   c.init_from = ""  # workdir whose latest checkpoint initialises the regressor (stage 2)
   c.lambdas = ml_collections.ConfigDict(PAPER_LAMBDAS)
-  c.l3d_weights = "2d"  # W of L3d from the 2D landmarks (the paper's sentence) or "3d" (3DDFA's WPDC; learns depth)
+  c.l3d_weights = "3d"  # W of L3d: "3d" (3DDFA WPDC, learns depth; docs/RESULTS.md) or "2d" (the paper's sentence)
 
   c.data = ml_collections.ConfigDict()
   c.data.train_3d = ""
