@@ -63,8 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   face = load_model(config.bfm_dir, dense_bases_dir=config.dense_bases_dir or None)
   streams = method.streams(config)
   sources = {s.name: registry.build_source(config.data[s.name], face) for s in streams}
-  dev, train_idx = _dev_evaluator(config, method, face, len(sources["train_3d"])) \
-      if "train_3d" in sources else _dev_evaluator(config, method, face, 0)
+  dev, train_idx = _dev_evaluator(config, method, face, len(sources.get("train_3d", ())))
   if train_idx is not None:
     sources["train_3d"] = Subset(sources["train_3d"], train_idx)
   with_method = config.copy_and_resolve_references()

@@ -287,7 +287,7 @@ def _from_params(face, pw: np.ndarray, dense: bool) -> FaceOutput:
   when ``dense`` and the face model has dense bases."""
   vertices = None
   if dense and face.has_dense_bases:
-    vertices = protocol.vertices_from_params(face, np.nan_to_num(pw)).astype(np.float64)
+    vertices = protocol.vertices_from_params(face, np.nan_to_num(pw))  # (N, V, 3) float32
     vertices[~np.all(np.isfinite(pw), -1)] = np.nan
   return FaceOutput(landmarks=protocol.landmarks_from_params(face, pw), vertices=vertices, params=pw,
                     topology=face.name if vertices is not None else None)

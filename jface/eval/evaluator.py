@@ -26,14 +26,16 @@ class DevEvaluator:
 
   def __init__(self, method, config, face, spec: str, indices: Optional[np.ndarray] = None,
                landmarks: str = "auto", batch_size: int = 64):
-    self.face, self.landmarks, self.batch_size = face, landmarks, batch_size
+    self.face, self.batch_size = face, batch_size
     data = eval_data.from_spec(spec, face)
     data = data if indices is None else data.take(np.asarray(indices))
     if data.dataset == "aflw2000_3d":  # the benchmark's 1998 images (drops two where the detector failed)
       data = data.take(np.nonzero(metrics.subset_mask(data.names, "1998"))[0])
     self.data = data
-    self.images, self.problems = protocol.read_crops(self.data)
-    self.input_fields = method.input_fields(config)
+    images, self.problems = protocol.read_crops(self.data)
+    # read and prepared once; every evaluation only runs the network
+    self.inputs = protocol.model_inputs(self.data, method.input_fields(config), landmarks, face, images,
+                                        log=lambda _: None)
     self.predict = method.make_predict_fn(config, method.build(config, bn_axis_name=None), dense=False)
 
   def __len__(self) -> int:
@@ -42,8 +44,7 @@ class DevEvaluator:
   def __call__(self, state) -> dict:
     """-> {"key": "nme_2d_68" (or "nme_2d_21" for AFLW), "nme_2d_68": summary (bins, mean_of_bins, overall, n,
     n_failed), "nme_3d_68": the same for 3D NME when the ground truth is 3D, "errors": (N,) 2D NME percent}."""
-    out, _ = protocol.predict_dataset(self.predict, state, self.face, self.data, self.input_fields,
-                                      self.landmarks, self.batch_size, images=self.images, log=lambda _: None)
+    out = protocol.predict_inputs(self.predict, state, self.face, self.inputs, self.problems, self.batch_size)
     res = protocol.score(self.data, out, self.face, self.problems, dense=False)
     key = f"nme_2d_{res['npts']}"
     result = {"key": key, "errors": np.asarray(res["errors"][key])}

@@ -88,32 +88,38 @@ def read_crops(data: EvalData, size: int = CROP_SIZE) -> tuple[np.ndarray, np.nd
   return images, problems
 
 
-def predict_dataset(predict: Callable, state, face, data: EvalData, input_fields: Sequence[str],
-                    landmarks: str = "auto", batch_size: int = 32, images: Optional[np.ndarray] = None,
-                    log=print) -> tuple[FaceOutput, np.ndarray]:
-  """Runs a method's ``predict(state, face, batch)`` over ``data``'s crops.
-
-  ``input_fields`` (``Method.input_fields(config)``) beyond the image get the ``landmark_input`` of mode
-  ``landmarks``. ``images``: the crops already read (``read_crops``), else they are read here.
-  -> (FaceOutput of (N, ...) numpy arrays, NaN rows where the image was unreadable; problems (N,) str).
-  """
-  n = len(data)
-  if images is None:
-    images, problems = read_crops(data)
-  else:
-    problems = data.problems.copy()
+def model_inputs(data: EvalData, input_fields: Sequence[str], landmarks: str, face, images: np.ndarray,
+                 log=print) -> dict:
+  """The predict inputs of ``data``: ``image`` (N, S, S, 3) uint8 plus, when ``input_fields``
+  (``Method.input_fields(config)``) ask for them, ``flm_landmarks`` / ``landmarks_mask`` from ``landmark_input``."""
   inputs = {"image": images}
   if "flm_landmarks" in input_fields:
     pts, mask, what = landmark_input(data, landmarks, face)
     log(f"landmark-map input: {what}")
     inputs["flm_landmarks"] = np.nan_to_num(np.asarray(pts, np.float32))
     inputs["landmarks_mask"] = np.asarray(mask, bool)
-  bar = Progress(n, "predicting")
+  return inputs
+
+
+def predict_inputs(predict: Callable, state, face, inputs: dict, problems: np.ndarray,
+                   batch_size: int = 32) -> FaceOutput:
+  """``predict`` over ``model_inputs`` (the one batched loop, ``methods.run.predict_arrays``) -> FaceOutput of
+  (N, ...) numpy arrays, NaN rows where ``problems`` (N,) is set (unreadable images)."""
+  bar = Progress(len(problems), "predicting")
   out = predict_arrays(predict, state, face, inputs, batch_size, progress=bar.update)
   bar.close()
-  bad = problems != ""
-  out = nan_rows(out, bad)
-  return out, problems
+  return nan_rows(out, problems != "")
+
+
+def predict_dataset(predict: Callable, state, face, data: EvalData, input_fields: Sequence[str],
+                    landmarks: str = "auto", batch_size: int = 32, log=print) -> tuple[FaceOutput, np.ndarray]:
+  """Reads ``data``'s crops and runs a method's ``predict(state, face, batch)`` over them.
+
+  -> (FaceOutput of (N, ...) numpy arrays, NaN rows where the image was unreadable; problems (N,) str).
+  """
+  images, problems = read_crops(data)
+  inputs = model_inputs(data, input_fields, landmarks, face, images, log)
+  return predict_inputs(predict, state, face, inputs, problems, batch_size), problems
 
 
 def nan_rows(out: FaceOutput, rows: np.ndarray) -> FaceOutput:
@@ -248,10 +254,14 @@ def score(data: EvalData, out: FaceOutput, face, status: np.ndarray, dense: bool
   if why is None:
     gt_pw, why = (gt_params, "") if gt_params is not None else label_params(data, face)
     if gt_pw is not None:
-      pred_v = np.where(bad[:, None, None], np.nan, out.vertices)
-      gt_v = vertices_from_params(face, np.nan_to_num(gt_pw))
-      gt_v[~np.all(np.isfinite(gt_pw), -1)] = np.nan
-      d = dense_errors(pred_v, gt_v, data.roi_box, icp_stride, face.crop_size)
+      d = {k: np.full(n, np.nan) for k in ("dense_2d", "dense_3d", "icp")}
+      for start in range(0, n, 8):  # the ground-truth meshes chunk by chunk (53k vertices each with the BFM)
+        rows = slice(start, min(start + 8, n))
+        gt_v = vertices_from_params(face, np.nan_to_num(gt_pw[rows]))
+        gt_v[~np.all(np.isfinite(gt_pw[rows]), -1)] = np.nan
+        pred_v = np.where(bad[rows, None, None], np.nan, out.vertices[rows])
+        for k, v in dense_errors(pred_v, gt_v, data.roi_box[rows], icp_stride, face.crop_size).items():
+          d[k][rows] = v
       errors.update(nme_dense_2d=d["dense_2d"], nme_dense_3d=d["dense_3d"], nme_icp=d["icp"])
   if why:
     skipped["dense"] = why
