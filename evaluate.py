@@ -2,6 +2,8 @@ r"""Evaluates predictions or a checkpoint on AFLW2000-3D / AFLW / synthetic face
 
   python evaluate.py --dataset aflw2000_3d --data_dir ../shared/data/aflw2000_3d_dev \
       (--predictions FILE | --checkpoint WORKDIR) --out OUTDIR
+  python evaluate.py photos --data_dir ../shared/data/aflw2000_3d_dev --checkpoint WORKDIR --out OUTDIR
+      (the whole predict pipeline on the original photos: jface/eval/photos.py)
 """
 import sys
 
@@ -9,7 +11,9 @@ from jface import runtime
 
 runtime.setup()  # BLAS threads and XLA CPU flags, before numpy / jax load
 
-from jface.eval.cli import main  # noqa: E402
-
 if __name__ == "__main__":
+  if sys.argv[1:2] == ["photos"]:
+    from jface.eval.photos import main
+    sys.exit(main(sys.argv[2:]))
+  from jface.eval.cli import main
   sys.exit(main())

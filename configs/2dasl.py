@@ -43,7 +43,8 @@ from __future__ import annotations
 import ml_collections
 
 PAPER_LAMBDAS = dict(l2d_con=0.005, l3d_con=0.005, cyc=1.0, sc=0.005)
-VARIANTS = ("default", "smoke", "base", "cyc", "sc", "cpu", "cpu_base", "cpu_cyc", "cpu_sc", "cpu_base_flm")
+VARIANTS = ("default", "smoke", "base", "cyc", "sc", "cpu", "cpu_base", "cpu_cyc", "cpu_sc", "cpu_base_flm",
+            "cpu_photo")
 SHARED = "../shared/data"  # the shared/ data folder beside the repository (override the data.* fields)
 
 
@@ -52,7 +53,7 @@ def _set_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   variant = variant.removeprefix("cpu_") if variant.startswith("cpu_") else variant
   if variant == "base":
     config.use_flm, config.use_cyc, config.use_sc = False, False, False
-  elif variant == "base_flm":  # not in the paper: base + the landmark-map input (separates FLM from cyc)
+  elif variant in ("base_flm", "photo"):  # not in the paper: base + the landmark-map input (separates FLM from cyc)
     config.use_flm, config.use_cyc, config.use_sc = True, False, False
   elif variant == "cyc":
     config.use_flm, config.use_cyc, config.use_sc = True, True, False
@@ -92,6 +93,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_threads = 2
   c.data.augment = True
   c.data.landmark_noise_px = 0.0
+  # Landmark maps from a test-time landmark source (jface.data.flm_alt): a file of its 68 points on the train_3d
+  # images (python -m jface.inference.mesh68 landmarks), drawn with probability flm_alt_prob instead of the
+  # stream's landmarks; flm_dropout = probability of an empty map (the model then also works without landmarks).
+  c.data.flm_file = ""
+  c.data.flm_alt_prob = 0.0
+  c.data.flm_dropout = 0.0
 
   c.batch_size = 32  # 3D-labelled images per step (global)
   c.batch_size_2d = 32  # 2D-only images per step (global)
@@ -151,7 +158,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 # runs, s/step: base and base+FLM 0.18, cyc 0.64, sc 0.63, cyc+sc 0.72. (80-step timings had put cyc at 0.475 and
 # sc at 0.49 s/step; their first minutes of training showed ~0.73, so they got 3500 steps like cyc+sc.) The variants
 # get about the same wall-clock budget, not the same number of steps: base does ~4.6x the steps of the others.
-CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500, "cpu_base_flm": 16000}
+CPU_STEPS = {"cpu": 3500, "cpu_base": 16000, "cpu_cyc": 3500, "cpu_sc": 3500, "cpu_base_flm": 16000,
+             "cpu_photo": 16000}
+# :cpu_photo's training landmark maps: the face mesh's 68 points on the train photos (out-of-fold), written by
+# python -m jface.inference.mesh68 landmarks --data ../shared/data/aflw2000_3d_train --out PHOTO_FLM_FILE
+PHOTO_FLM_FILE = "~/.cache/jface/mediapipe/mesh68_aflw2000_3d_train.npz"
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
@@ -171,6 +182,11 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
   c.optimizer.learning_rate = 3e-3
   c.optimizer.decay_rate = 0.1
   c.optimizer.decay_steps = 0  # = num_steps: lr falls 10x over the run, whatever num_steps is
+  if c.variant == "cpu_photo":  # for photos: half the maps from the face mesh, a fifth of them empty
+    import os
+    c.data.flm_file = os.path.expanduser(PHOTO_FLM_FILE)
+    c.data.flm_alt_prob = 0.5
+    c.data.flm_dropout = 0.2
   c.log_every = 50
   c.eval_every = int(round(c.num_steps / 8, -2))
   c.checkpoint_every = 250

@@ -63,6 +63,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   face = load_model(config.bfm_dir, dense_bases_dir=config.dense_bases_dir or None)
   streams = method.streams(config)
   sources = {s.name: registry.build_source(config.data[s.name], face) for s in streams}
+  if config.data.get("flm_file") and "train_3d" in sources:
+    from jface.data.flm_alt import WithAltLandmarks
+    sources["train_3d"] = WithAltLandmarks(sources["train_3d"], config.data.flm_file)
   dev, train_idx = _dev_evaluator(config, method, face, len(sources.get("train_3d", ())))
   if train_idx is not None:
     sources["train_3d"] = Subset(sources["train_3d"], train_idx)
@@ -76,7 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   aug = augment.AugmentConfig(enabled=bool(config.data.augment))
   loaders = {s.name: Loader(sources[s.name], s.batch_size // nproc, config.seed * 1000 + s.seed_offset + pid,
                             model=face, augment_cfg=aug, num_threads=config.data.num_threads,
-                            landmark_noise_px=config.data.landmark_noise_px, name=s.name) for s in streams}
+                            landmark_noise_px=config.data.landmark_noise_px,
+                            flm_alt_prob=float(config.data.get("flm_alt_prob", 0.0)),
+                            flm_dropout=float(config.data.get("flm_dropout", 0.0)), name=s.name) for s in streams}
 
   mods = method.build(config, bn_axis_name=parallel.AXIS)
   state = method.init_state(config, mods)

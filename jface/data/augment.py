@@ -212,6 +212,8 @@ def augment(example: Mapping[str, Any], rng: np.random.Generator, model=None,
     img, _ = occlude(img, rng, cfg.occlusion_area_range)
   out["image"] = img
   out["landmarks"] = transform_points(a, example["landmarks"])
+  if "flm_alt" in example:  # other landmark-map points (jface.data.flm_alt), moved the same way
+    out["flm_alt"] = transform_points(a, example["flm_alt"])
   if bool(example.get("has_params", False)):
     if model is None:
       raise ValueError("augment needs the FaceModel (param_mean/std) to transform an example with params")

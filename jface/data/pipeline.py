@@ -20,7 +20,11 @@ Batches are dicts of stacked numpy arrays: the example fields (``image`` (B, S, 
 (B, 62) f32, ``has_params`` (B,) bool, ``landmarks`` (B, 68, 2) f32 -- ground truth, augmented --,
 ``landmarks_mask`` (B, 68) bool, ``roi_box`` (B, 4) f32, ``yaw`` (B,) f32, ``source``/``name`` (B,) str arrays)
 plus ``flm_landmarks`` (B, 68, 2) f32: the landmarks that draw the FLM input, equal to ``landmarks`` plus
-optional N(0, ``landmark_noise_px``) jitter (simulated detector noise; losses use ``landmarks``).
+optional N(0, ``landmark_noise_px``) jitter (simulated detector noise; losses use ``landmarks``). Optionally
+(``flm_alt_prob``) an example's map comes instead, with that probability, from another landmark source's points
+(``flm_alt``, added by ``jface.data.flm_alt``; examples whose ``flm_alt`` is not finite keep ``landmarks``), and
+(``flm_dropout``) with that probability the map is empty (all NaN: nothing drawn), which teaches a landmark-map
+model to work without landmarks. Both draw from the example's generator only when enabled.
 
 A method may train on several streams at once (2DASL: 3D-labelled and 2D-only in-the-wild images): the loop
 (``jface.training``) steps one Loader per stream together, each with its own seed; all resume from ``step``.
@@ -107,12 +111,14 @@ class Loader:
     num_threads: worker threads of ``iter_from`` (``batch`` runs on the calling thread).
     prefetch: batches prepared ahead of the one being consumed.
     landmark_noise_px: std (crop pixels) of the Gaussian jitter on ``flm_landmarks``.
+    flm_alt_prob, flm_dropout: probabilities of the other-source / empty landmark map (module docstring).
     name: label for warnings (default: the source's class name).
   """
 
   def __init__(self, source, batch_size: int, seed: int, *, model=None,
                augment_cfg: Optional[AugmentConfig] = None, shuffle: bool = True, drop_remainder: bool = True,
                num_threads: int = 2, prefetch: int = 2, landmark_noise_px: float = 0.0,
+               flm_alt_prob: float = 0.0, flm_dropout: float = 0.0,
                name: Optional[str] = None):
     self.source = source
     self.n = len(source)
@@ -132,6 +138,9 @@ class Loader:
     self.num_threads = int(num_threads)
     self.prefetch = int(prefetch)
     self.landmark_noise_px = float(landmark_noise_px)
+    if not (0 <= flm_alt_prob <= 1 and 0 <= flm_dropout <= 1):
+      raise ValueError(f"flm_alt_prob and flm_dropout must be in [0, 1], got {flm_alt_prob}, {flm_dropout}")
+    self.flm_alt_prob, self.flm_dropout = float(flm_alt_prob), float(flm_dropout)
     self.name = name or type(source).__name__
     self.steps_per_epoch = self.n // self.batch_size if drop_remainder else math.ceil(self.n / self.batch_size)
     self._lock = threading.Lock()
@@ -207,8 +216,13 @@ class Loader:
     if self.augment_cfg is not None:
       ex = augment(ex, rng, self.model, self.augment_cfg)
     flm = ex["landmarks"]
+    alt = ex.pop("flm_alt", None)
+    if self.flm_alt_prob > 0 and rng.random() < self.flm_alt_prob and alt is not None and np.isfinite(alt).all():
+      flm = np.asarray(alt, np.float32)
     if self.landmark_noise_px > 0:
       flm = (flm + rng.normal(0.0, self.landmark_noise_px, size=flm.shape)).astype(np.float32)
+    if self.flm_dropout > 0 and rng.random() < self.flm_dropout:
+      flm = np.full(np.shape(flm), np.nan, np.float32)
     ex["flm_landmarks"] = np.array(flm, np.float32)
     with self._lock:
       self._counts["examples"] += 1

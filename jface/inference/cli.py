@@ -2,11 +2,14 @@ r"""The ``predict`` command: images -> faces -> landmarks, head pose and coloure
 method's workdir (``python predict.py ...`` or ``python -m jface.predict ...``; both call ``main``)::
 
   python -m jface.predict IMAGE_OR_FOLDER --checkpoint WORKDIR --out OUTDIR [--landmarks FILE]
-      [--flm auto|given|dlib|iterate] [--iterations N] [--bfm_dir DIR] [--detector auto|haar|dlib|full] [--no_mesh]
+      [--detector auto|blazeface|blazeface_full|haar|dlib|full] [--landmarker auto|mesh|dlib|none]
+      [--flm auto|given|source|iterate] [--iterations N] [--bfm_dir DIR] [--no_mesh]
 
 Faces come from ``--landmarks FILE`` (the ``jface.data.wild.read_landmarks_file`` format, original-image pixels,
-names relative to the input folder) or a face detector (``jface.inference.detect``); see
-``jface.inference.faces`` (crops, landmark map) and ``jface.inference.predictor`` (the method's predictions).
+names relative to the input folder) or a face detector (``jface.inference.detect``) followed by a 68-point
+landmark source (``--landmarker``; default: MediaPipe's face mesh + the fitted 468 -> 68 map when installed);
+see ``jface.inference.faces`` (crops, landmark map) and ``jface.inference.predictor`` (the method's predictions).
+Faces whose landmark map had to be the mean face are counted in the summary and warned about.
 
 Files: ``OUTDIR/<image>_face<k>.obj`` and ``.ply`` (``jface.inference.outputs.save_meshes``),
 ``OUTDIR/<image>_overlay.jpg`` (shaded mesh + landmarks), ``OUTDIR/results.json`` (per image: status, size,
@@ -43,7 +46,8 @@ def _no_detector(image):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from jface.inference.faces import FLM_MODES
+  from jface.inference.detect import DETECTORS
+  from jface.inference.faces import FLM_MODES, LANDMARK_SOURCES
   from jface.inference.predictor import DEFAULT_ITERATIONS
   ap = argparse.ArgumentParser(prog="python -m jface.predict",
                                description="3D face reconstruction of images with a trained jface checkpoint.")
@@ -54,14 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
                   help="68-point landmarks file (CSV/.npz of jface.data.wild.read_landmarks_file; names relative to "
                        "the input folder): these images use the given faces instead of detection")
   ap.add_argument("--flm", default="auto", choices=FLM_MODES,
-                  help="landmark map for models with a landmark-map input: given = the --landmarks points; dlib = "
-                       "dlib's 68-point predictor; iterate = the mean face, then redrawn from the model's own "
-                       "prediction --iterations times; auto = given, else dlib if installed, else iterate")
+                  help="landmark map for models with a landmark-map input: given = the --landmarks points; source = "
+                       "the --landmarker's points; iterate = the mean face, then redrawn from the model's own "
+                       "prediction --iterations times; auto = given, else source, else iterate")
+  ap.add_argument("--landmarker", default="auto", choices=LANDMARK_SOURCES,
+                  help="68 points of detected faces (they place the crop and draw the landmark map): mesh = "
+                       "MediaPipe's face mesh + the 468->68 map (pip install -e '.[photos]', python -m "
+                       "jface.inference.tflite fetch, python -m jface.inference.mesh68 fit); dlib = dlib's "
+                       "predictor; auto = mesh, else dlib, else none (crop from the detector box)")
+  ap.add_argument("--model_dir", default=None, help="folder of MediaPipe's .tflite files (default: "
+                                                     "$JFACE_MODELS, ~/.cache/jface/mediapipe)")
+  ap.add_argument("--mesh_map", default=None, help="the 468->68 map .npz (default: next to the .tflite files)")
   ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="FLM redraws in iterate mode")
   ap.add_argument("--bfm_dir", default=None, help="face model (default: the checkpoint's config.bfm_dir)")
   ap.add_argument("--dense_bases_dir", default=None, help="folder with w_shp_sim.npy / w_exp_sim.npy")
   ap.add_argument("--which", default="latest", choices=("latest", "best"))
-  ap.add_argument("--detector", default="auto", choices=("auto", "haar", "dlib", "full"))
+  ap.add_argument("--detector", default="auto", choices=DETECTORS,
+                  help="auto = blazeface when installed (pip install -e '.[photos]', python -m "
+                       "jface.inference.tflite fetch), else OpenCV's Haar cascades")
   ap.add_argument("--min_face_size", type=int, default=20, help="px, smaller detector box side")
   ap.add_argument("--max_faces", type=int, default=0, help="largest faces kept per image (0 = all)")
   ap.add_argument("--max_batch", type=int, default=32, help="faces per forward pass")
@@ -114,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   detector = args.detector
   if any(os.path.normpath(r) not in given for r in rels):
     try:  # fail early, once, when some image needs a detector and none is installed
-      detector = detect.make_detector(args.detector, args.min_face_size)
+      detector = detect.make_detector(args.detector, args.min_face_size, args.model_dir)
     except detect.NoDetectorError as e:
       if not given:
         return fail(e)
@@ -122,18 +136,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       detector = _no_detector
   try:
     pred = Predictor(args.checkpoint, args.bfm_dir, which=args.which, flm=args.flm, iterations=args.iterations,
-                     detector=detector, dense=not args.no_mesh or not args.no_overlay,
+                     detector=detector, landmarks=args.landmarker, model_dir=args.model_dir,
+                     mesh_map=args.mesh_map, dense=not args.no_mesh or not args.no_overlay,
                      dense_bases_dir=args.dense_bases_dir, max_batch=args.max_batch,
                      min_face_size=args.min_face_size, max_faces=args.max_faces,
                      dlib_predictor=args.dlib_predictor)
   except (checkpoint.CheckpointError, MissingAssetError, ValueError) as e:
     return fail(e)
+  source = "none"
+  if any(os.path.normpath(r) not in given for r in rels):
+    try:
+      source = pred.finder.source()[0]
+    except (MissingAssetError, detect.NoDetectorError) as e:
+      return fail(e)
+    det_name = getattr(detector, "kind", type(detector).__name__)
+    print(f"detector: {det_name}; 68-point landmarks: {source}" +
+          (" (crop boxes from the detector box)" if source == "none" else ""))
+    if pred.use_flm and source == "none" and args.flm in ("auto", "source"):
+      print("warning: this model reads a 68-point landmark map and no landmark source is installed: detected "
+            "faces get the MEAN FACE's map and their predictions follow it (large errors); install one "
+            "(--landmarker) or pass --landmarks FILE", file=sys.stderr)
   os.makedirs(args.out, exist_ok=True)
 
   t0 = time.time()
   records: List[dict] = []
   tri = pred.triangles
-  n_faces = 0
+  n_faces = n_mean_map = 0
   for g in range(0, len(rels), args.group):
     images, lms, recs = [], [], []
     for rel in rels[g:g + args.group]:
@@ -169,6 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           meshes = {key: os.path.relpath(p, args.out) for key, p in meshes.items()}
         rec["faces"].append(outputs.face_json(f, meshes))
       n_faces += len(faces)
+      n_mean_map += sum(f.flm.startswith("iterate") for f in faces)
       if not args.no_overlay:
         import cv2
         path = f"{stem}_overlay.jpg"
@@ -176,10 +205,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rec["overlay"] = os.path.relpath(path, args.out)
   n_bad = sum(r["status"] == "error" for r in records)
   n_none = sum(r["status"] == "no_face" for r in records)
-  summary = {"images": len(records), "faces": n_faces, "errors": n_bad, "no_face": n_none,
-             "seconds": round(time.time() - t0, 2)}
+  summary = {"images": len(records), "faces": n_faces, "mean_face_map": n_mean_map, "errors": n_bad,
+             "no_face": n_none, "seconds": round(time.time() - t0, 2)}
   doc = {"checkpoint": os.path.abspath(args.checkpoint), "face_model": pred.model.name,
          "use_flm": pred.use_flm, "flm_mode": args.flm, "iterations": args.iterations,
+         "landmark_source": source,
          "dense_shape": pred.dense_shape if not args.no_mesh else "none",
          "dense_shape_note": ("posed mean shape only: identity and expression not applied (no dense bases)"
                               if pred.dense_shape == "mean" else ""),
@@ -189,6 +219,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     json.dump(doc, f, indent=1)
   print(f"{summary['images']} images, {n_faces} faces, {n_bad} unreadable/bad, {n_none} without a face "
         f"-> {os.path.join(args.out, 'results.json')}")
+  if n_mean_map:
+    print(f"warning: {n_mean_map} of {n_faces} faces had no 68 points (no landmark source, or it failed on them) and "
+          "used the mean face's landmark map: their results.json entries say flm 'iterate:N'", file=sys.stderr)
   return 0 if len(records) > n_bad else 1
 
 

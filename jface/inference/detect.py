@@ -2,6 +2,9 @@
 
 Detectors (``make_detector(name)``), each ``detector(image (H, W, 3) uint8 RGB) -> list[FaceBox]``:
 
+* ``"blazeface"`` / ``"blazeface_full"``: MediaPipe's BlazeFace short-range / full-range models run by LiteRT
+  (``jface.inference.blazeface``; optional: ``pip install -e '.[photos]'`` and
+  ``python -m jface.inference.tflite fetch``). Boxes come with 6 keypoints (eyes, nose, mouth, ears).
 * ``"haar"``: OpenCV's Haar cascades. OpenCV 4.x wheels ship ``haarcascade_frontalface_default.xml`` and
   ``haarcascade_profileface.xml`` under ``cv2.data.haarcascades``; the frontal cascade runs once, the profile
   cascade (trained on faces turned one way) on the image and on its mirror image, and overlapping boxes are
@@ -9,7 +12,7 @@ Detectors (``make_detector(name)``), each ``detector(image (H, W, 3) uint8 RGB) 
   cascade files from the main package, so this detector is then unavailable.
 * ``"dlib"``: dlib's HOG + linear SVM frontal detector (``pip install jface[dlib]``; optional, never required).
 * ``"full"``: the whole image is one face (images that already are face crops).
-* ``"auto"``: haar if available, else dlib, else ``NoDetectorError``.
+* ``"auto"``: blazeface if installed, else haar, else dlib, else ``NoDetectorError``.
 
 Boxes are ``(x0, y0, x1, y1)`` float32 in image coordinates (1-based pixel centres, as ``jface.core.geometry``:
 array pixel ``[r, c]`` covers ``[c + 0.5, c + 1.5] x [r + 0.5, r + 1.5]``), i.e. the box's outer edges.
@@ -37,9 +40,13 @@ import numpy as np
 # - haar frontal (OpenCV 4.14; 103 faces, median |yaw| 12 deg): x -0.004 (IQR -0.07..0.07), y 0.140 (0.11..0.16),
 #   scale 1.19 (1.13..1.27); haar_profile (42 faces, median |yaw| 49 deg): y 0.132 (0.10..0.18), scale 1.06
 #   (0.94..1.18); 55 of 200 images without an overlapping Haar face.
+# - blazeface short (LiteRT 2.3.0; on the 800 aflw2000_3d_train photos, 790 faces containing the GT centre,
+#   median |yaw| 30 deg): x -0.004 (IQR -0.03..0.02), y 0.050 (0.02..0.08), scale 1.36 (1.30..1.45);
+#   full range (649 faces, median |yaw| 21 deg): y 0.086 (0.06..0.11), scale 1.29 (1.23..1.40).
+#   Only used when a face has no 68 points (the crop box normally comes from them).
 # - "3ddfa": 3DDFA's own constants for dlib boxes (its crops are larger than sqrt(2) x the landmark box).
 BOX_TO_ROI = {"dlib": (0.092, 1.38), "haar": (0.14, 1.19), "haar_profile": (0.13, 1.06), "3ddfa": (0.14, 1.58),
-              "full": (0.0, 1.0)}
+              "blazeface_short": (0.05, 1.36), "blazeface_full": (0.086, 1.29), "full": (0.0, 1.0)}
 
 
 class NoDetectorError(RuntimeError):
@@ -49,10 +56,12 @@ class NoDetectorError(RuntimeError):
 @dataclasses.dataclass
 class FaceBox:
   """A detected face: ``box`` (4,) float32 (x0, y0, x1, y1) box edges in 1-based image coordinates,
-  ``score`` (higher = more confident; detector-specific scale), ``kind`` (which detector / cascade)."""
+  ``score`` (higher = more confident; detector-specific scale), ``kind`` (which detector / cascade),
+  ``keypoints`` (K, 2) float32 image points the detector gives (BlazeFace: 6), or None."""
   box: np.ndarray
   score: float
   kind: str
+  keypoints: Optional[np.ndarray] = None
 
   @property
   def size(self) -> float:
@@ -153,9 +162,15 @@ def dlib_available() -> bool:
   return True
 
 
+def blazeface_available(model_dir: Optional[str] = None, model: str = "short") -> bool:
+  """LiteRT and the BlazeFace ``.tflite`` file are installed (``jface.inference.tflite``)."""
+  from jface.inference import blazeface, tflite
+  return tflite.models_available([blazeface.SPECS[model].file], model_dir)
+
+
 def available_detectors() -> List[str]:
   """Names of the detectors that can run here (``"full"`` always can)."""
-  out = []
+  out = [n for n, m in (("blazeface", "short"), ("blazeface_full", "full")) if blazeface_available(model=m)]
   if haar_cascade_dir():
     out.append("haar")
   if dlib_available():
@@ -234,23 +249,37 @@ class FullImageDetector:
     return [FaceBox(np.array([1, 1, w, h], np.float32), 1.0, "full")]
 
 
-def make_detector(name: str = "auto", min_size: int = 20) -> Callable[[np.ndarray], List[FaceBox]]:
-  """``"auto" | "haar" | "dlib" | "full"`` -> a detector (module docstring). Raises ``NoDetectorError``."""
+def make_detector(name: str = "auto", min_size: int = 20,
+                  model_dir: Optional[str] = None) -> Callable[[np.ndarray], List[FaceBox]]:
+  """``"auto" | "blazeface" | "blazeface_full" | "haar" | "dlib" | "full"`` -> a detector (module docstring).
+  Raises ``NoDetectorError`` (one line, what to install)."""
+  from jface.core.face_model import MissingAssetError
   if name == "auto":
+    if blazeface_available(model_dir):
+      return make_detector("blazeface", min_size, model_dir)
     if haar_cascade_dir():
       return HaarDetector(min_size=min_size)
     if dlib_available():
       return DlibDetector()
-    raise NoDetectorError("no face detector available: OpenCV >= 5 has no Haar cascades and dlib is not "
-                          "installed; pip install 'opencv-python-headless<5' or 'jface[dlib]', pass landmarks "
-                          "(--landmarks FILE), or use --detector full for images that are face crops")
+    raise NoDetectorError("no face detector available: pip install -e '.[photos]' and python -m "
+                          "jface.inference.tflite fetch (BlazeFace), or 'opencv-python-headless<5' (Haar), or pass "
+                          "landmarks (--landmarks FILE), or use --detector full for images that are face crops")
+  if name in ("blazeface", "blazeface_full"):
+    from jface.inference.blazeface import BlazeFaceDetector
+    try:
+      return BlazeFaceDetector("full" if name == "blazeface_full" else "short", model_dir)
+    except MissingAssetError as e:
+      raise NoDetectorError(str(e)) from None
   if name == "haar":
     return HaarDetector(min_size=min_size)
   if name == "dlib":
     return DlibDetector()
   if name == "full":
     return FullImageDetector()
-  raise ValueError(f"unknown detector {name!r}; choose auto, haar, dlib or full")
+  raise ValueError(f"unknown detector {name!r}; choose {', '.join(DETECTORS)}")
+
+
+DETECTORS = ("auto", "blazeface", "blazeface_full", "haar", "dlib", "full")
 
 
 # ------------------------------------------------------------------------------------- dlib landmarks

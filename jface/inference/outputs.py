@@ -89,6 +89,8 @@ def face_json(face: FaceResult, meshes: Optional[dict]) -> dict:
       "pose": _pose_json(face.pose),
       "params": r(face.params),
       "flm": face.flm,
+      "landmarks_from": face.landmarks_from,
+      "source_score": None if face.source_score is None else round(float(face.source_score), 4),
       "dense_shape": face.dense_shape,
       "mesh": meshes,
   }

@@ -12,7 +12,8 @@ loop): all faces of all images are cropped first (``jface.inference.faces``) and
 in chunks of ``max_batch``.
 
 Landmark map (FLM), only when the method's ``input_fields(config)`` asks for landmarks (``flm_landmarks``,
-``landmarks_mask``): ``given`` / ``dlib`` points (``jface.inference.faces``), or ``iterate`` (2DASL's cycle idea):
+``landmarks_mask``): ``given`` points or a landmark source's (face mesh, dlib; ``jface.inference.faces``), or
+``iterate`` (2DASL's cycle idea):
 start from the mean face's landmarks (``geometry.landmarks2d`` of whitened params 0) in the crop, predict, redraw
 the map from the predicted landmarks (``FaceOutput.landmarks[..., :2]``), ``iterations`` times (``iterations + 1``
 forward passes; default 0, i.e. the mean face's map: see ``DEFAULT_ITERATIONS`` for the measurement).
@@ -59,9 +60,11 @@ class Predictor:
     bfm_dir: the face model the checkpoint was trained with: ``"synthetic"`` or a 3DDFA-format folder
       (default: the checkpoint config's ``bfm_dir``). Its whitening must be the training one.
     which: ``"latest"`` or ``"best"`` checkpoint.
-    flm: ``auto | given | dlib | iterate`` (``jface.inference.faces``).
+    flm: ``auto | given | source | iterate`` (``jface.inference.faces``).
     iterations: FLM redraws in ``iterate`` mode.
-    detector: ``auto | haar | dlib | full`` or a callable (``FaceFinder.detector``).
+    detector: ``auto | blazeface | blazeface_full | haar | dlib | full`` or a callable (``FaceFinder.detector``).
+    landmarks: 68-point source for detected faces: ``auto | mesh | dlib | none`` or a callable
+      (``FaceFinder.landmarks``); mesh_min_score, model_dir, mesh_map: its settings.
     dense: compute dense vertices (False: landmarks and pose only).
     dense_bases_dir: folder with ``w_shp_sim.npy``/``w_exp_sim.npy`` (default: the config's, else none).
     max_batch: faces per forward pass (``jface.methods.run.predict_arrays``).
@@ -69,23 +72,26 @@ class Predictor:
     dlib_predictor: path of dlib's 68-point ``.dat`` (default: ``face_recognition_models``' copy).
 
   Attributes: ``config``, ``method``, ``state`` (on the device), ``model`` (the FaceModel), ``use_flm`` (the
-  method reads a landmark map), ``iterations``, ``dense``, ``dense_shape`` (what ``dense`` gives with this face
+  method reads a landmark map), ``empty_map`` (it was trained with empty maps too: faces without landmarks get an
+  empty map instead of the mean face's, ``FaceResult.flm`` "empty"), ``iterations``, ``dense``, ``dense_shape`` (what ``dense`` gives with this face
   model: "full", "mean" or "none"), ``max_batch``, ``finder`` (the ``FaceFinder``; ``flm_mode`` is its).
   Raises ``jface.train.checkpoint.CheckpointError``, ``jface.core.face_model.MissingAssetError``, ``ValueError``
   (one line each).
   """
 
   def __init__(self, checkpoint_dir: str, bfm_dir: Optional[str] = None, *, which: str = "latest",
-               flm: str = "auto", iterations: int = DEFAULT_ITERATIONS, detector="auto", dense: bool = True,
-               dense_bases_dir: Optional[str] = None, max_batch: int = 32, min_face_size: int = 20,
-               max_faces: int = 0, dlib_predictor: Optional[str] = None):
+               flm: str = "auto", iterations: int = DEFAULT_ITERATIONS, detector="auto", landmarks="auto",
+               dense: bool = True, dense_bases_dir: Optional[str] = None, max_batch: int = 32,
+               min_face_size: int = 20, max_faces: int = 0, dlib_predictor: Optional[str] = None,
+               mesh_min_score: float = 0.5, model_dir: Optional[str] = None, mesh_map: Optional[str] = None):
     from jface.core.load import load_model
     if iterations < 0:
       raise ValueError(f"iterations must be >= 0, got {iterations}")
     if max_batch < 1:
       raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    finder = FaceFinder(flm_mode=flm, detector=detector, min_face_size=int(min_face_size),
-                        max_faces=int(max_faces), dlib_predictor=dlib_predictor)  # checks flm
+    finder = FaceFinder(flm_mode=flm, detector=detector, landmarks=landmarks, min_face_size=int(min_face_size),
+                        max_faces=int(max_faces), mesh_min_score=float(mesh_min_score), model_dir=model_dir,
+                        mesh_map=mesh_map, dlib_predictor=dlib_predictor)  # checks flm and landmarks
     config, method, state = workdir.load_checkpoint(checkpoint_dir, which)
     fields = tuple(method.input_fields(config))
     if set(fields) - set(FLM_FIELDS):
@@ -103,6 +109,8 @@ class Predictor:
     self.model = jax.device_put(model)
     self.state = jax.device_put(state)
     self.use_flm = "flm_landmarks" in fields
+    data = config.get("data") or {}
+    self.empty_map = self.use_flm and float(data.get("flm_dropout", 0.0) or 0.0) > 0
     self.finder = dataclasses.replace(finder, use_flm=self.use_flm, crop_size=model.crop_size)
     self.iterations, self.max_batch, self.dense = int(iterations), int(max_batch), bool(dense)
     self.dense_shape = mean_shape.dense_kind(model)
@@ -147,12 +155,21 @@ class Predictor:
     return run.predict_arrays(self._predict_dense if dense else self._predict, self.state, self.model, inputs,
                               self.max_batch)
 
+  def _no_points(self, face: FaceCrop) -> str:
+    """How a face without landmark-map points is fed: "empty" (no points drawn: the checkpoint was trained with
+    empty maps, ``config.data.flm_dropout > 0``, and flm is auto) or "iterate" (the mean face)."""
+    if face.flm == "iterate" and self.empty_map and self.flm_mode == "auto":
+      return "empty"
+    return face.flm
+
   def _run(self, faces: List[FaceCrop]) -> FaceOutput:
     """All faces: the FLM iterations (sparse passes) for the faces that start from the mean face, then one
     batched pass over all faces (with dense vertices when ``dense``)."""
     crops = np.stack([f.crop for f in faces])
     pts = np.stack([f.flm_pts if f.flm_pts is not None else self._mean_flm for f in faces]).astype(np.float32)
-    idx = np.nonzero([f.flm == "iterate" for f in faces])[0]
+    kinds = [self._no_points(f) for f in faces]
+    pts[[k == "empty" for k in kinds]] = np.nan
+    idx = np.nonzero([k == "iterate" for k in kinds])[0]
     if self.use_flm and len(idx):
       for _ in range(self.iterations):
         pts[idx] = self.predict_crops(crops[idx], pts[idx]).landmarks[..., :2]
@@ -187,5 +204,6 @@ class Predictor:
           params=None if pred.params is None else f32(pred.params[k]),
           vertices=None if pred.vertices is None else f32(crop_lib.crop_to_image(pred.vertices[k], roi, size)),
           dense_shape=kind, box=f.box,
-          flm=f"iterate:{self.iterations}" if f.flm == "iterate" else f.flm))
+          flm={"iterate": f"iterate:{self.iterations}"}.get(self._no_points(f), self._no_points(f)),
+          landmarks_from=f.landmarks_from, source_score=f.source_score, source_landmarks=f.source_landmarks))
     return out
