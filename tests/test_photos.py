@@ -361,6 +361,12 @@ def test_pipeline_lands_on_dev_faces(dev_dir, train_dir, photo_models, tmp_path_
     assert faces
     best = min(faces, key=lambda f: np.linalg.norm(np.nanmean(f.source_landmarks, 0) - gt.mean(0)))
     errs.append(float(metrics.nme_2d(best.source_landmarks, gt)))
+    if best.landmarks_from == "mesh":  # the crop is the training crop of those points, and holds the face
+      np.testing.assert_array_equal(best.roi_box, common.roi_box_from_landmarks(best.source_landmarks,
+                                                                                image_shape=img.shape))
+      assert best.flm == "mesh" and np.all((best.flm_pts > 0) & (best.flm_pts < 121))
+      c = gt.mean(0)
+      assert best.roi_box[0] < c[0] < best.roi_box[2] and best.roi_box[1] < c[1] < best.roi_box[3]
   assert np.median(errs) < 8.0, errs
 
 
@@ -388,3 +394,23 @@ def test_mesh_retry_keeps_the_best_scoring_region():
   marks.retry = False
   seen.clear()
   assert marks.meshes(np.zeros((10, 10, 3), np.uint8), faces)[0].score < 0.5 and len(seen) == 1
+
+
+def test_many_faces_in_one_photo(dev_dir, photo_models):
+  """Two dev photos side by side: BlazeFace finds both faces, and the mesh gives each its own points (batched)."""
+  from jface.data import common
+  meta = common.load_meta(str(dev_dir / "meta.npz"))
+  idx = np.nonzero(np.abs(meta["yaw"]) < 20)[0][:2]
+  imgs = [common.read_image(str(dev_dir / "AFLW2000" / str(meta["names"][i]))) for i in idx]
+  canvas = np.concatenate(imgs, 1)
+  centres = [meta["pts68"][i][:2].T.mean(0) + [k * imgs[0].shape[1], 0] for k, i in enumerate(idx)]
+  det = blazeface.BlazeFaceDetector("short", photo_models)
+  faces = det(canvas)
+  assert len(faces) >= 2
+  for c in centres:
+    hit = [f for f in faces if f.box[0] < c[0] < f.box[2] and f.box[1] < c[1] < f.box[3]]
+    assert len(hit) == 1, (c, [f.box for f in faces])
+  path = mesh68.find_map(model_dir=photo_models)  # the fitted map, when this machine has one
+  if path is not None:
+    pts = mesh68.MeshLandmarks(photo_models, path)(canvas, faces[:2])
+    assert len(pts) == 2 and abs(pts[0][0][:, 0].mean() - pts[1][0][:, 0].mean()) > 200
