@@ -35,6 +35,20 @@ Variants (``get_config(arg)``):
   step to 1e-7 but a rerun follows another trajectory and lands within the run-to-run spread (docs/RESULTS.md,
   "Behaviour check").
 
+* ``:cpu_photo`` -- ``:cpu_base_flm`` for real photos (issue 12): half of the training landmark maps come from the
+  test-time landmark source (MediaPipe's face mesh + the 468 -> 68 map, out-of-fold on the train photos) and a
+  fifth are empty, so the model reads the maps ``predict`` draws on a user's photo and also works without one.
+  Commands (after the optional photo set-up in the README)::
+
+    python -m jface.inference.mesh68 landmarks --data ../shared/data/aflw2000_3d_train \
+        --out ~/.cache/jface/mediapipe/mesh68_aflw2000_3d_train.npz
+    python train.py --config configs/2dasl.py:cpu_photo --workdir /tmp/jface-cpu/cpu_photo
+    python evaluate.py photos --data_dir ../shared/data/aflw2000_3d_dev --checkpoint /tmp/jface-cpu/cpu_photo --out OUT
+
+  Measured (2026-12-02, 2-core CPU at load ~2-4, 38 min 53 s): dev 2D NME 5.817 on the benchmark crops with FAN
+  maps, 6.405 for the whole pipeline on the 200 original photos (99 % of faces found); docs/RESULTS.md, "Real
+  photos".
+
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
 """

@@ -49,13 +49,19 @@ def match_faces(faces: Sequence, gt: np.ndarray) -> Optional[int]:
   return int(np.argmax(o))
 
 
-def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: int = 16, log=print) -> dict:
+def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: int = 16, holdout: int = 0,
+        log=print) -> dict:
   """The pipeline over a split's photos -> dict of per-image arrays (names, yaw, found, nme2d, nme3d,
   nme2d_source, flm, landmarks_from, seconds) and ``summary`` (see ``summarise``)."""
   from jface.data import common
   meta = common.load_meta(os.path.join(data_dir, "meta.npz"))
   names = np.array([str(n) for n in meta["names"]])
   keep = metrics.subset_mask(names, subset)
+  if holdout:  # the images a run with data.holdout=K held out of this (train) split: settings chosen without dev
+    from jface.training import holdout_indices
+    held = np.zeros(len(names), bool)
+    held[holdout_indices(len(names), holdout)[1]] = True
+    keep &= held
   if limit:
     keep &= np.cumsum(keep) <= limit
   idx = np.nonzero(keep)[0]
@@ -132,10 +138,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("--landmarker", default="auto")
   ap.add_argument("--flm", default="auto")
   ap.add_argument("--iterations", type=int, default=0)
-  ap.add_argument("--mesh_min_score", type=float, default=0.5)
+  ap.add_argument("--mesh_min_score", type=float, default=None, help="default: jface.inference.faces.MESH_MIN_SCORE")
+  ap.add_argument("--no_mesh_retry", action="store_true", help="no second try of failed face meshes")
   ap.add_argument("--model_dir", default=None)
   ap.add_argument("--subset", default="1998", choices=("1998", "2000"))
   ap.add_argument("--limit", type=int, default=0, help="first N photos only (0 = all)")
+  ap.add_argument("--holdout", type=int, default=0,
+                  help="only the K images that training's --config.data.holdout=K held out of this split")
   args = ap.parse_args(argv)
   from jface.core.face_model import MissingAssetError
   from jface.inference import detect
@@ -149,14 +158,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pred = Predictor(args.checkpoint, which=args.which, flm=args.flm, iterations=args.iterations,
                      detector=args.detector, landmarks=args.landmarker, dense=False,
-                     mesh_min_score=args.mesh_min_score, model_dir=args.model_dir)
+                     mesh_min_score=args.mesh_min_score, mesh_retry=not args.no_mesh_retry,
+                     model_dir=args.model_dir)
     source = pred.finder.source()[0]
     pred.finder._get_detector()
   except (checkpoint.CheckpointError, MissingAssetError, detect.NoDetectorError, ValueError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
   print(f"detector {args.detector}, landmark source {source}, flm {args.flm}")
-  r = run(pred, args.data_dir, args.subset, args.limit)
+  r = run(pred, args.data_dir, args.subset, args.limit, holdout=args.holdout)
   s = r["summary"]
   s.update(checkpoint=os.path.abspath(args.checkpoint), data_dir=os.path.abspath(args.data_dir),
            detector=args.detector, landmark_source=source, flm=args.flm, argv=list(argv or sys.argv[1:]))

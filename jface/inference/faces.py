@@ -30,6 +30,10 @@ from jface.core.face_model import CROP_SIZE
 
 FLM_MODES = ("auto", "given", "source", "iterate")
 LANDMARK_SOURCES = ("auto", "mesh", "dlib", "none")
+# A face mesh scoring below this has failed: its points are not used (crop from the detector box, empty or mean
+# map). Chosen on the 100 images a data.holdout=100 run held out of aflw2000_3d_train (not on dev): pipeline NME
+# mean of bins 7.34 at 0.5, 7.23 at 0.3, 7.13 at 0.1, 8.20 at 0 (docs/RESULTS.md, "Real photos").
+MESH_MIN_SCORE = 0.1
 
 
 @dataclasses.dataclass
@@ -124,6 +128,7 @@ class FaceFinder:
     landmarks: one of ``LANDMARK_SOURCES``, or a callable ``(image, faces) -> list of (pts (68, 2), score)``.
     min_face_size, max_faces: detector face filter (smaller box side in px; 0 = all faces).
     mesh_min_score: a mesh below this face score has failed (its points are not used).
+    mesh_retry: retry failed meshes on other regions (``jface.inference.mesh68.MeshLandmarks``).
     model_dir: folder of the MediaPipe ``.tflite`` files; mesh_map: the 468 -> 68 map file (defaults:
       ``jface.inference.tflite``, ``jface.inference.mesh68``).
     dlib_predictor: path of dlib's 68-point ``.dat`` (default: ``face_recognition_models``' copy).
@@ -136,7 +141,8 @@ class FaceFinder:
   landmarks: Any = "auto"
   min_face_size: int = 20
   max_faces: int = 0
-  mesh_min_score: float = 0.5
+  mesh_min_score: float = MESH_MIN_SCORE
+  mesh_retry: bool = True
   model_dir: Optional[str] = None
   mesh_map: Optional[str] = None
   dlib_predictor: Optional[str] = None
@@ -250,7 +256,7 @@ def _make_source(finder: FaceFinder):
     if want == "mesh" or (tflite.models_available(["face_landmark.tflite"], finder.model_dir)
                           and mesh68.find_map(finder.mesh_map, finder.model_dir) is not None):
       try:
-        return "mesh", mesh68.MeshLandmarks(finder.model_dir, finder.mesh_map)
+        return "mesh", mesh68.MeshLandmarks(finder.model_dir, finder.mesh_map, retry=finder.mesh_retry)
       except MissingAssetError:
         if want == "mesh":
           raise

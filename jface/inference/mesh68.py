@@ -129,8 +129,7 @@ class MeshLandmarks:
   ``__call__(image, faces: list[FaceBox with keypoints]) -> list of (pts (68, 2) image points, score)``; score is
   the mesh's face score in [0, 1] (below ``min_score`` the mesh failed; the caller decides what to do). A face
   whose mesh fails on the detection's region is retried on the regions of ``RETRY`` (upright, and/or 1.2x larger;
-  the best-scoring mesh wins). Measured on the 22 of 198 ``aflw2000_3d_dev`` photos where the first mesh failed
-  (mostly |yaw| > 60): 7 then pass ``min_score`` 0.5, with 7.4 NME on them.
+  the best-scoring mesh wins; docs/RESULTS.md, "Real photos", measures what it changes).
   """
 
   RETRY = ((True, 1.0), (True, 1.2), (False, 1.2))  # (upright, side factor)

@@ -64,7 +64,7 @@ class Predictor:
     iterations: FLM redraws in ``iterate`` mode.
     detector: ``auto | blazeface | blazeface_full | haar | dlib | full`` or a callable (``FaceFinder.detector``).
     landmarks: 68-point source for detected faces: ``auto | mesh | dlib | none`` or a callable
-      (``FaceFinder.landmarks``); mesh_min_score, model_dir, mesh_map: its settings.
+      (``FaceFinder.landmarks``); mesh_min_score, mesh_retry, model_dir, mesh_map: its settings.
     dense: compute dense vertices (False: landmarks and pose only).
     dense_bases_dir: folder with ``w_shp_sim.npy``/``w_exp_sim.npy`` (default: the config's, else none).
     max_batch: faces per forward pass (``jface.methods.run.predict_arrays``).
@@ -83,14 +83,16 @@ class Predictor:
                flm: str = "auto", iterations: int = DEFAULT_ITERATIONS, detector="auto", landmarks="auto",
                dense: bool = True, dense_bases_dir: Optional[str] = None, max_batch: int = 32,
                min_face_size: int = 20, max_faces: int = 0, dlib_predictor: Optional[str] = None,
-               mesh_min_score: float = 0.5, model_dir: Optional[str] = None, mesh_map: Optional[str] = None):
+               mesh_min_score: Optional[float] = None, model_dir: Optional[str] = None, mesh_map: Optional[str] = None,
+               mesh_retry: bool = True):
     from jface.core.load import load_model
     if iterations < 0:
       raise ValueError(f"iterations must be >= 0, got {iterations}")
     if max_batch < 1:
       raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     finder = FaceFinder(flm_mode=flm, detector=detector, landmarks=landmarks, min_face_size=int(min_face_size),
-                        max_faces=int(max_faces), mesh_min_score=float(mesh_min_score), model_dir=model_dir,
+                        max_faces=int(max_faces), model_dir=model_dir, mesh_retry=bool(mesh_retry),
+                        **({} if mesh_min_score is None else {"mesh_min_score": float(mesh_min_score)}),
                         mesh_map=mesh_map, dlib_predictor=dlib_predictor)  # checks flm and landmarks
     config, method, state = workdir.load_checkpoint(checkpoint_dir, which)
     fields = tuple(method.input_fields(config))
