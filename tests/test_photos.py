@@ -233,7 +233,7 @@ def test_finder_uses_the_source_points_for_crop_and_map():
   # a named mesh source below min_score would fall back; a custom source's points are always used
   assert failed.landmarks_from == "custom"
   finder_mesh = FaceFinder(use_flm=True, detector=lambda img: [box], landmarks=source)
-  finder_mesh._source_name, finder_mesh._source = "mesh", lambda img, faces: [(lm, 0.1)]
+  finder_mesh._source_name, finder_mesh._source = "mesh", lambda img, faces: [(lm, 0.05)]
   (f,) = finder_mesh.find(image)
   assert f.flm == "iterate" and f.landmarks_from == "detector" and f.flm_pts is None
   np.testing.assert_array_equal(f.source_landmarks, lm)
