@@ -15,11 +15,13 @@ Conventions:
 * The BFM triangles are wound with positive signed area ``(p1 - p0) x (p2 - p0)`` in pixel coordinates
   (x right, y down) for 105,830 of 105,840 triangles; ``map_to_mesh`` winds its grid triangles the same way.
 
-The asset side (loading, ``rasterize_uv``, ``map_to_mesh``, ``weight_map``) is numpy; what sits on the
-training path (``sample_map``, ``weighted_error``) is JAX, jittable, with any leading batch dimensions.
+The asset side (loading, ``rasterize_uv``, ``uv_sampling``, ``map_to_mesh``, ``weight_map``) is numpy; what sits
+on the training path (``apply_uv_sampling``: position maps from vertices with a precomputed rasterisation pattern,
+``sample_map``, ``weighted_error``) is JAX, jittable, with any leading batch dimensions.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Tuple, Union
 
@@ -102,6 +104,29 @@ def keypoint_pixels(src: Union[PathLike, np.ndarray]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- rasterising
 
+def _raster_uv(uv_px: np.ndarray, triangles: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The pixels a UV layout covers: (pix (F,) flat ids ``y * size + x``, corners (F, 3) vertex ids of the
+  winning triangle, bary (F, 3) float64 barycentric weights of those vertices at the pixel centre)."""
+  from jface.core import render
+  uv_px = np.asarray(uv_px, np.float64)
+  tri = np.asarray(triangles, np.int64)
+  if uv_px.ndim != 2 or uv_px.shape[1] != 2:
+    raise ValueError(f"uv_px must be (N, 2), got shape {uv_px.shape}")
+  if tri.ndim != 2 or tri.shape[1] != 3:
+    raise ValueError(f"triangles must be (T, 3), got shape {tri.shape}")
+  # Coverage and the winning triangle per pixel from the crop renderer (1-based coordinates, flat z).
+  verts = np.concatenate([uv_px + 1.0, np.zeros((len(uv_px), 1))], axis=1)
+  pix, face, _, _ = render.rasterize(verts, tri, size, size)
+  # Barycentric weights again in float64 (the renderer's are float32) at the pixel centres.
+  p = np.stack([pix % size, pix // size], axis=-1).astype(np.float64)
+  q0, q1, q2 = (uv_px[tri[face, i]] for i in range(3))
+  cross = lambda a, b: a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]  # noqa: E731
+  area = cross(q1 - q0, q2 - q0)
+  b1 = cross(p - q0, q2 - q0) / area
+  b2 = cross(q1 - q0, p - q0) / area
+  return pix, tri[face], np.stack([1.0 - b1 - b2, b1, b2], axis=-1)
+
+
 def rasterize_uv(values: np.ndarray, uv_px: np.ndarray, triangles: np.ndarray, size: int = UV_SIZE,
                  fill_holes: bool = True) -> Tuple[np.ndarray, np.ndarray]:
   """Renders per-vertex values into UV space (e.g. vertex positions -> a position map).
@@ -122,29 +147,16 @@ def rasterize_uv(values: np.ndarray, uv_px: np.ndarray, triangles: np.ndarray, s
     (size, size, C) float32 map, 0 where no value; (size, size) bool mask of the pixels with a value
     (covered by a triangle, or filled).
   """
-  from jface.core import render
   values = np.asarray(values, np.float64)
   if values.ndim == 1:
     values = values[:, None]
   uv_px = np.asarray(uv_px, np.float64)
-  tri = np.asarray(triangles, np.int64)
   if values.ndim != 2 or uv_px.shape != (len(values), 2):
     raise ValueError(f"values must be (N, C) and uv_px (N, 2), got {values.shape} and {uv_px.shape}")
-  if tri.ndim != 2 or tri.shape[1] != 3:
-    raise ValueError(f"triangles must be (T, 3), got shape {tri.shape}")
-  # Coverage and the winning triangle per pixel from the crop renderer (1-based coordinates, flat z).
-  verts = np.concatenate([uv_px + 1.0, np.zeros((len(uv_px), 1))], axis=1)
-  pix, face, _, _ = render.rasterize(verts, tri, size, size)
-  # Barycentric weights again in float64 (the renderer's are float32) at the pixel centres.
-  p = np.stack([pix % size, pix // size], axis=-1).astype(np.float64)
-  q0, q1, q2 = (uv_px[tri[face, i]] for i in range(3))
-  cross = lambda a, b: a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
-  area = cross(q1 - q0, q2 - q0)
-  b1 = cross(p - q0, q2 - q0) / area
-  b2 = cross(q1 - q0, p - q0) / area
-  vals = values[tri[face]]  # (F, 3, C)
+  pix, corners, bary = _raster_uv(uv_px, triangles, size)
+  vals = values[corners]  # (F, 3, C)
   out = np.zeros((size * size, values.shape[1]), np.float64)
-  out[pix] = (1.0 - b1 - b2)[:, None] * vals[:, 0] + b1[:, None] * vals[:, 1] + b2[:, None] * vals[:, 2]
+  out[pix] = bary[:, 0, None] * vals[:, 0] + bary[:, 1, None] * vals[:, 1] + bary[:, 2, None] * vals[:, 2]
   covered = np.zeros(size * size, bool)
   covered[pix] = True
   out, covered = out.reshape(size, size, -1), covered.reshape(size, size)
@@ -173,7 +185,6 @@ def fill_uv_holes(image: np.ndarray, covered: np.ndarray) -> Tuple[np.ndarray, n
     the image with the holes filled (float64, other pixels unchanged), and the (H, W) bool mask of the
     filled pixels.
   """
-  import scipy.ndimage
   covered = np.asarray(covered, bool)
   img = np.asarray(image, np.float64)
   squeeze = img.ndim == 2
@@ -181,26 +192,101 @@ def fill_uv_holes(image: np.ndarray, covered: np.ndarray) -> Tuple[np.ndarray, n
     img = img[..., None]
   if img.shape[:2] != covered.shape:
     raise ValueError(f"image {img.shape} and covered {covered.shape} differ in size")
-  holes = scipy.ndimage.binary_fill_holes(covered) & ~covered
+  holes, dst, src, wts = _hole_weights(covered)
   out = img.copy()
-  if holes.any():
-    hy, hx = np.nonzero(holes)
-
-    def along(cov, im, i, j):
-      """Linear interpolation along axis 1 of ``cov``/``im`` at (i, j); returns values (n, C), gap (n,)."""
-      n = cov.shape[1]
-      idx = np.broadcast_to(np.arange(n), cov.shape)
-      lo = np.maximum.accumulate(np.where(cov, idx, -1), axis=1)[i, j]
-      hi = np.minimum.accumulate(np.where(cov, idx, n)[:, ::-1], axis=1)[:, ::-1][i, j]
-      gap = (hi - lo).astype(np.float64)
-      t = ((j - lo) / gap)[:, None]
-      return (1.0 - t) * im[i, lo] + t * im[i, hi], gap
-
-    row, gap_r = along(covered, img, hy, hx)
-    col, gap_c = along(covered.T, img.transpose(1, 0, 2), hx, hy)
-    wr, wc = 1.0 / gap_r ** 2, 1.0 / gap_c ** 2
-    out[hy, hx] = (wr[:, None] * row + wc[:, None] * col) / (wr + wc)[:, None]
+  flat = out.reshape(-1, out.shape[-1])
+  flat[dst] = np.einsum("hj,hjc->hc", wts, flat[src])  # src pixels are covered, never holes
   return (out[..., 0] if squeeze else out), holes
+
+
+# ------------------------------------------------------------------------- precomputed rasterisation
+
+@dataclasses.dataclass(frozen=True)
+class UVSampling:
+  """A UV layout's rasterisation pattern, fixed once per (layout, size), as sparse interpolation weights.
+
+  Every map pixel is a weighted sum of vertex values: ``map[p] = sum_k w[p, k] values[idx[p, k]]`` over the
+  triangle covering pixel ``p`` (``rasterize_uv``'s barycentric weights; ``w = 0``, ``idx = 0`` where nothing
+  covers it), then the enclosed holes (``fill_uv_holes``, e.g. the BFM mouth slit) are set from four covered
+  pixels each: ``map[hole_dst[h]] = sum_j hole_w[h, j] map[hole_src[h, j]]``. ``apply_uv_sampling`` does this
+  in JAX, batched and jittable, equal to ``rasterize_uv`` of the same values up to float32 rounding.
+
+  Attributes (numpy): idx (S*S, 3) int32 vertex ids; w (S*S, 3) float32; mask (S, S) bool, pixels with a value
+  (covered or filled); hole_dst (H,) int32 flat pixel ids; hole_src (H, 4) int32 flat ids of covered pixels;
+  hole_w (H, 4) float32; size S.
+  """
+  idx: np.ndarray
+  w: np.ndarray
+  mask: np.ndarray
+  hole_dst: np.ndarray
+  hole_src: np.ndarray
+  hole_w: np.ndarray
+  size: int
+
+
+def _hole_weights(covered: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """``fill_uv_holes`` as weights: (holes (H, W) bool, dst (K,) flat ids, src (K, 4) flat ids, w (K, 4) float64),
+  src = the row-wise (left, right) then column-wise (up, down) nearest covered pixels of each hole pixel."""
+  import scipy.ndimage
+  covered = np.asarray(covered, bool)
+  h, w = covered.shape
+  holes = scipy.ndimage.binary_fill_holes(covered) & ~covered
+  hy, hx = np.nonzero(holes)
+
+  def bounds(cov, i, j):
+    n = cov.shape[1]
+    idx = np.broadcast_to(np.arange(n), cov.shape)
+    lo = np.maximum.accumulate(np.where(cov, idx, -1), axis=1)[i, j]
+    hi = np.minimum.accumulate(np.where(cov, idx, n)[:, ::-1], axis=1)[:, ::-1][i, j]
+    return lo, hi
+
+  lo_r, hi_r = bounds(covered, hy, hx)  # columns left / right of the hole pixel in its row
+  lo_c, hi_c = bounds(covered.T, hx, hy)  # rows above / below in its column
+  gap_r, gap_c = (hi_r - lo_r).astype(np.float64), (hi_c - lo_c).astype(np.float64)
+  t_r, t_c = (hx - lo_r) / gap_r, (hy - lo_c) / gap_c
+  wr, wc = 1.0 / gap_r ** 2, 1.0 / gap_c ** 2
+  a_r, a_c = wr / (wr + wc), wc / (wr + wc)
+  src = np.stack([hy * w + lo_r, hy * w + hi_r, lo_c * w + hx, hi_c * w + hx], axis=-1)
+  wts = np.stack([a_r * (1.0 - t_r), a_r * t_r, a_c * (1.0 - t_c), a_c * t_c], axis=-1)
+  return holes, hy * w + hx, src, wts
+
+
+def uv_sampling(uv_px: np.ndarray, triangles: np.ndarray, size: int = UV_SIZE,
+                fill_holes: bool = True) -> UVSampling:
+  """The rasterisation pattern of a UV layout (``UVSampling``): for every pixel of a ``size`` x ``size`` map the
+  covering triangle's three vertex ids and barycentric weights, plus the hole-filling weights of ``fill_uv_holes``
+  (``fill_holes``). Same coverage and triangle choice as ``rasterize_uv(values, uv_px, triangles, size)``.
+
+  Args: uv_px (N, 2) vertex pixel coordinates ``(x, y)`` at this size; triangles (T, 3) 0-based vertex ids.
+  """
+  pix, corners, bary = _raster_uv(uv_px, triangles, size)
+  idx = np.zeros((size * size, 3), np.int32)
+  wts = np.zeros((size * size, 3), np.float32)
+  idx[pix], wts[pix] = corners, bary
+  covered = np.zeros(size * size, bool)
+  covered[pix] = True
+  covered = covered.reshape(size, size)
+  if fill_holes:
+    holes, dst, src, hw = _hole_weights(covered)
+  else:
+    holes, dst, src, hw = np.zeros_like(covered), np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros((0, 4))
+  return UVSampling(idx=idx, w=wts, mask=covered | holes, hole_dst=dst.astype(np.int32),
+                    hole_src=src.astype(np.int32), hole_w=hw.astype(np.float32), size=int(size))
+
+
+def apply_uv_sampling(sampling: UVSampling, values: jax.Array) -> jax.Array:
+  """Per-vertex values (..., N, C) -> their UV maps (..., S, S, C) through a precomputed ``UVSampling``
+  (jittable, differentiable in ``values``; pixels outside ``sampling.mask`` are 0)."""
+  values = jnp.asarray(values)
+  s = sampling.size
+  idx = jnp.asarray(sampling.idx)
+  w = jnp.asarray(sampling.w, values.dtype)
+  flat = jnp.einsum("pk,...pkc->...pc", w, jnp.take(values, idx, axis=-2))  # (..., S*S, C)
+  if len(sampling.hole_dst):
+    filled = jnp.einsum("hj,...hjc->...hc", jnp.asarray(sampling.hole_w, values.dtype),
+                        jnp.take(flat, jnp.asarray(sampling.hole_src), axis=-2))
+    flat = flat.at[..., jnp.asarray(sampling.hole_dst), :].set(filled)
+  return flat.reshape(flat.shape[:-2] + (s, s, flat.shape[-1]))
 
 
 # -------------------------------------------------------------------------------------------- sampling

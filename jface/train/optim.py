@@ -6,11 +6,13 @@ import optax
 
 
 def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """``lr * decay_rate ** (step / decay_steps)`` (``config.optimizer``), continuous exponential decay;
-  ``decay_steps`` 0 means ``config.num_steps`` (the decay spans the run, whatever ``num_steps`` is)."""
+  """``lr * decay_rate ** (step / decay_steps)`` (``config.optimizer``), continuous exponential decay, or with
+  ``optimizer.staircase`` (default False) ``lr * decay_rate ** floor(step / decay_steps)`` (e.g. PRNet's "halved
+  every 5 epochs"); ``decay_steps`` 0 means ``config.num_steps`` (the decay spans the run, whatever ``num_steps``
+  is)."""
   o = config.optimizer
   return optax.exponential_decay(o.learning_rate, transition_steps=o.decay_steps or config.num_steps,
-                                 decay_rate=o.decay_rate)
+                                 decay_rate=o.decay_rate, staircase=bool(o.get("staircase", False)))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

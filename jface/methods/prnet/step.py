@@ -1,0 +1,133 @@
+"""PRNet's network, initial state and its pure per-device train step.
+
+One step (paper Sec. 3.2-3.3) on a 3D-labelled batch (crops + whitened params):
+
+1. input: the 120 x 120 crops resized to S x S (``config.image_size``), RGB / 255 (``targets.network_input``);
+2. targets: the position maps of the params, built in the step (``targets.target_maps``: dense vertices, the
+   layout's fixed rasterisation pattern);
+3. ResFCN (``jface.models.resfcn``) forward in train mode, loss = Eq. 1 with the layout's 16:4:3:0 weights
+   (``losses.position_map_loss``);
+4. one optimizer step (``jface.train.optim``: the paper's Adam 1e-4 halved every 5 epochs in the default config).
+
+Every device runs this on its slice (``jface.train.parallel``): gradients and metrics are ``pmean``-ed over
+'data' and batch norm uses global batch statistics (``bn_axis_name``), as 2DASL's step. ``TrainState.extra`` is
+unused ({}).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jface.core import uv as uv_lib
+from jface.core.face_model import FaceModel
+from jface.methods.base import Batch, TrainState
+from jface.methods.prnet import losses, targets
+from jface.methods.prnet.uv_layout import Layout, layout as get_layout
+from jface.models.resfcn import ResFCN
+from jface.train import optim, parallel
+
+DEFAULT_IMAGE_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Modules:
+  """The static parts of a PRNet run (closed over by the jitted step and predict)."""
+  net: Any
+  tx: Any
+  layout: Layout
+
+
+def image_size(config) -> int:
+  return int(config.get("image_size", DEFAULT_IMAGE_SIZE))
+
+
+def build(config: ml_collections.ConfigDict, bn_axis_name: str | None = parallel.AXIS) -> Modules:
+  size = image_size(config)
+  net = ResFCN(bn_axis_name=bn_axis_name, dtype=jnp.dtype(config.get("dtype", "float32")),
+               **dict(config.get("model_kwargs", {})))
+  lay = get_layout(str(config.bfm_dir), size, str(config.get("prnet_uv_dir", "") or ""))
+  return Modules(net=net, tx=optim.make_optimizer(config), layout=lay)
+
+
+def init_variables(net: ResFCN, size: int, seed: int) -> dict:
+  """ResFCN's initial variables, drawn on the host with numpy (``np.random.default_rng(seed)``, leaves in
+  flatten order): what ``net.init`` gives in distribution -- every kernel Glorot-uniform (TF-slim's xavier,
+  ``U(-b, b)``, ``b = sqrt(6 / (fan_in + fan_out))``, fans = receptive field x channels: symmetric in in / out,
+  so conv (HWIO) and transposed-conv (4, 4, out, in) kernels are alike), batch-norm scales and variances 1,
+  biases and means 0; the tree (names, shapes, dtypes) is ``net.init``'s own (``jax.eval_shape``).
+
+  Why not ``jax.jit(net.init)``: XLA:CPU compiles the ~80 random kernel draws for 10-25 s (measured on the
+  2-core machine at width 1/8; with the rbg PRNG ~5-10 s), and every workdir load (evaluate, predict) pays it
+  again for the template. Deterministic in ``seed`` on every backend.
+  """
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(functools.partial(net.clone(bn_axis_name=None).init, train=False),
+                          jax.random.PRNGKey(0), x)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    shape, dtype = leaf.shape, leaf.dtype
+    if name == "kernel":
+      receptive = int(np.prod(shape[:-2]))
+      bound = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+      return jnp.asarray(rng.uniform(-bound, bound, size=shape), dtype)
+    if name in ("scale", "var"):
+      return jnp.ones(shape, dtype)
+    if name in ("bias", "mean"):
+      return jnp.zeros(shape, dtype)
+    raise ValueError(f"init_variables: no rule for the ResFCN variable {jax.tree_util.keystr(path)}")
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def init_state(config: ml_collections.ConfigDict, mods: Modules) -> TrainState:
+  """Initial state on the host (unreplicated), ``init_variables`` of ``config.seed``."""
+  variables = init_variables(mods.net, image_size(config), int(config.seed))
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=mods.tx.init(params), extra={})
+
+
+def keypoint_error(pred: jax.Array, target: jax.Array, lay: Layout, crop_size: int) -> jax.Array:
+  """Mean 3D distance (crop pixels) between two maps at the 68 keypoint pixels (a training metric)."""
+  kpt = jnp.asarray(lay.kpt_px)
+  d = uv_lib.sample_map(pred, kpt) - uv_lib.sample_map(target, kpt)
+  return jnp.mean(jnp.linalg.norm(d, axis=-1)) * crop_size / lay.size
+
+
+def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callable:
+  """Returns the per-device ``train_step(state, face, batches) -> (state, metrics)``.
+
+  Pure; to be run under ``jax.shard_map`` over 'data' (``parallel.data_parallel``). ``face`` is the FaceModel
+  (with dense bases); ``batches["train_3d"]`` has ``image`` (B, 120, 120, 3) uint8 and ``params`` (B, 62).
+  Metrics: ``loss`` (Eq. 1, map pixels) and ``kpt_px`` (mean keypoint distance, crop pixels).
+  """
+  size, kind, lay, net = image_size(config), config.get("loss", "distance"), mods.layout, mods.net
+  weights = jnp.asarray(lay.weights)
+
+  def train_step(state: TrainState, face: FaceModel, batches: dict[str, Batch]):
+    batch = batches["train_3d"]
+    x = targets.network_input(batch["image"], size)
+    target = targets.target_maps(face, batch["params"], lay)
+
+    def loss_fn(params):
+      pred, new_vars = net.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                                 mutable=["batch_stats"])
+      return losses.position_map_loss(pred, target, weights, kind), (new_vars["batch_stats"], pred)
+
+    (loss, (batch_stats, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = parallel.pmean(grads)
+    updates, opt_state = mods.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = parallel.pmean({"loss": loss, "kpt_px": keypoint_error(pred, target, lay, face.crop_size)})
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
