@@ -7,10 +7,10 @@ r"""The whole pipeline on AFLW2000-3D's original photos: detect -> 68 points -> 
 Each 450x450 photo (``AFLW2000/imageNNNNN.jpg`` and ``meta.npz``) goes through ``jface.inference.Predictor``
 with no given landmarks. The face evaluated is the detected one whose box contains the labels' centre and overlaps
 their box most (``match_faces``; no such box: the photo counts as missed). Errors are the protocol's
-(``jface.eval.metrics.nme_2d`` / ``nme_3d`` against ``pts68`` in the original image, |yaw| bins, the 1998 subset);
-a missed face is a failure (NaN, excluded from the means, counted). Also reported: the landmark source's own 68
-points (the map the model read) and how many faces fell back to the mean face's map. Compare with the crop
-protocol of the same checkpoint (``evaluate.py --checkpoint``: benchmark crops and FAN landmark maps).
+(``jface.eval.metrics.nme_2d`` / ``nme_3d``, z aligned at the minimum, against ``pts68`` in the original image,
+|yaw| bins, the 1998 subset); a missed face is a failure (NaN, excluded from the means, counted). Also
+reported: the landmark source's own 68 points (the map the model read) and which map each face got. Compare
+with the crop protocol of the same checkpoint (``evaluate.py --checkpoint``: benchmark crops and FAN landmark maps).
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: i
   gt = np.swapaxes(np.asarray(meta["pts68"], np.float64), 1, 2)[idx]  # (N, 68, 3)
   n = len(idx)
   pred = np.full((n, 68, 2), np.nan)
+  pred3 = np.full((n, 68, 3), np.nan)
   src = np.full((n, 68, 2), np.nan)
   found = np.zeros(n, bool)
   flm = np.array([""] * n, dtype=object)
@@ -87,9 +88,12 @@ def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: i
       if f.source_landmarks is not None:
         src[r] = f.source_landmarks
       pred[r] = f.landmarks[:, :2]
+      if f.landmarks_3d is not None:
+        pred3[r] = f.landmarks_3d
     log(f"  {min(n, g + group)}/{n} photos, {int(found.sum())} faces matched, {time.time() - t0:.0f} s")
   e2 = metrics.nme_2d(pred, gt[..., :2])
   out = dict(names=names[idx], yaw=np.asarray(meta["yaw"], np.float64)[idx], found=found, nme2d=e2,
+             nme3d=metrics.nme_3d(pred3, gt),
              nme2d_source=metrics.nme_2d(src, gt[..., :2]), flm=flm, landmarks_from=lm_from,
              seconds=time.time() - t0, pred=pred)
   out["summary"] = summarise(out)
@@ -112,6 +116,7 @@ def summarise(r: dict) -> dict:
   return dict(n=int(len(yaw)), found=int(r["found"].sum()), found_rate=float(r["found"].mean()),
               found_rate_bins=rate, flm_kinds=kinds,
               nme2d=metrics.yaw_bin_summary(r["nme2d"], r["yaw"]),
+              nme3d=metrics.yaw_bin_summary(r["nme3d"], r["yaw"]),
               nme2d_source=metrics.yaw_bin_summary(r["nme2d_source"], r["yaw"]),
               seconds=round(float(r["seconds"]), 1))
 
@@ -122,6 +127,7 @@ def format_summary(s: dict) -> str:
            + " / ".join(f"{100 * x:.0f} %" for x in s["found_rate_bins"]),
            "landmark maps: " + ", ".join(f"{k} {v}" for k, v in sorted(s["flm_kinds"].items())),
            f"pipeline 2D NME (68 pts): bins {f(s['nme2d']['bins'])}, mean of bins {s['nme2d']['mean_of_bins']:.3f}",
+           f"pipeline 3D NME (68 pts): bins {f(s['nme3d']['bins'])}, mean of bins {s['nme3d']['mean_of_bins']:.3f}",
            f"landmark source alone:    bins {f(s['nme2d_source']['bins'])}, "
            f"mean of bins {s['nme2d_source']['mean_of_bins']:.3f} (n={s['nme2d_source']['n']})",
            f"{s['seconds']:.0f} s for {s['n']} photos"]
@@ -174,9 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(s, f, indent=1, default=float)
   with open(os.path.join(args.out, "per_image.csv"), "w") as f:
-    f.write("name,yaw,found,nme2d,nme2d_source,flm,landmarks_from\n")
+    f.write("name,yaw,found,nme2d,nme3d,nme2d_source,flm,landmarks_from\n")
     for i in range(len(r["names"])):
-      f.write(f"{r['names'][i]},{r['yaw'][i]:.2f},{int(r['found'][i])},{r['nme2d'][i]:.4f},"
+      f.write(f"{r['names'][i]},{r['yaw'][i]:.2f},{int(r['found'][i])},{r['nme2d'][i]:.4f},{r['nme3d'][i]:.4f},"
               f"{r['nme2d_source'][i]:.4f},{r['flm'][i]},{r['landmarks_from'][i]}\n")
   print(format_summary(s))
   return 0

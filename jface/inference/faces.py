@@ -56,6 +56,7 @@ class FaceResult:
       (no 68 points: the detector box).
     source_score: the landmark source's face score (mesh: in [0, 1]), or None.
     source_landmarks: (68, 2) float32 image points of the landmark source (before the model), or None.
+    landmarks_3d: (68, 3) float32 image points with depth (z scaled like x, y; larger = nearer), or None.
   """
   roi_box: np.ndarray
   landmarks: np.ndarray
@@ -68,6 +69,7 @@ class FaceResult:
   landmarks_from: str = "given"
   source_score: Optional[float] = None
   source_landmarks: Optional[np.ndarray] = None
+  landmarks_3d: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass

@@ -202,6 +202,8 @@ class Predictor:
       roi = f.roi_box.astype(np.float32)
       out[f.image].append(FaceResult(
           roi_box=roi, landmarks=f32(crop_lib.crop_to_image(pred.landmarks[k, :, :2], roi, size)),
+          landmarks_3d=(f32(crop_lib.crop_to_image(pred.landmarks[k], roi, size))
+                        if pred.landmarks.shape[-1] == 3 else None),
           pose=None if pred.pose is None else f32(pred.pose[k]),
           params=None if pred.params is None else f32(pred.params[k]),
           vertices=None if pred.vertices is None else f32(crop_lib.crop_to_image(pred.vertices[k], roi, size)),
