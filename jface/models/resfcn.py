@@ -22,7 +22,8 @@ batch norm with TF-slim's defaults (``decay`` 0.999 -> ``momentum``, ``epsilon``
 the reference's ``arg_scope``), Glorot-uniform kernels (TF-slim's ``xavier_initializer``). Not part of the module:
 the reference's L2 regulariser (scale 2e-4 on every kernel, ``2e-4 * sum(w ** 2) / 2`` added to the loss).
 By default the five stride-2 transposed convs are computed as sub-pixel convolutions (``SubpixelConvTranspose``:
-same variables, same numbers up to float32 rounding, ~3.5x faster per layer on XLA:CPU); ``deconv="flax"`` uses
+same variables, same numbers up to float32 rounding; faster on XLA:CPU in a one-off timing, not yet a repo
+benchmark); ``deconv="flax"`` uses
 ``nn.ConvTranspose`` throughout.
 
 Parameters of the paper configuration (b = 16, any S): 13,353,618 (encoder 3,587,872, decoder 9,765,746) and
@@ -69,7 +70,7 @@ class SubpixelConvTranspose(nn.Module):
   The four output phases (even / odd row x even / odd column) are each a 2 x 2 correlation of the input, so one
   3 x 3 stride-1 conv with 4 * ``features`` outputs (each phase's taps placed in a 3 x 3 window, the rest zero)
   followed by a depth-to-space gives the map. That is 9 / 4 of the multiplies of the transposed conv, but XLA:CPU
-  runs the input-dilated convolution of ``nn.ConvTranspose`` at stride 2 about 3.5x slower (fwd + bwd) than this.
+  runs the input-dilated convolution of ``nn.ConvTranspose`` at stride 2 slower than this (a one-off timing).
   """
   features: int
   dtype: Any = None
