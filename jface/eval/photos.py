@@ -67,8 +67,7 @@ def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: i
   idx = np.nonzero(keep)[0]
   gt = np.swapaxes(np.asarray(meta["pts68"], np.float64), 1, 2)[idx]  # (N, 68, 3)
   n = len(idx)
-  pred = np.full((n, 68, 2), np.nan)
-  pred3 = np.full((n, 68, 3), np.nan)
+  pred = np.full((n, 68, 3), np.nan)  # image points; z NaN for a method without depth
   src = np.full((n, 68, 2), np.nan)
   found = np.zeros(n, bool)
   flm = np.array([""] * n, dtype=object)
@@ -87,13 +86,13 @@ def run(predictor, data_dir: str, subset: str = "1998", limit: int = 0, group: i
       flm[r], lm_from[r] = f.flm, f.landmarks_from
       if f.source_landmarks is not None:
         src[r] = f.source_landmarks
-      pred[r] = f.landmarks[:, :2]
+      pred[r, :, :2] = f.landmarks[:, :2]
       if f.landmarks_3d is not None:
-        pred3[r] = f.landmarks_3d
+        pred[r, :, 2] = f.landmarks_3d[:, 2]
     log(f"  {min(n, g + group)}/{n} photos, {int(found.sum())} faces matched, {time.time() - t0:.0f} s")
-  e2 = metrics.nme_2d(pred, gt[..., :2])
+  e2 = metrics.nme_2d(pred[..., :2], gt[..., :2])
   out = dict(names=names[idx], yaw=np.asarray(meta["yaw"], np.float64)[idx], found=found, nme2d=e2,
-             nme3d=metrics.nme_3d(pred3, gt),
+             nme3d=metrics.nme_3d(pred, gt),
              nme2d_source=metrics.nme_2d(src, gt[..., :2]), flm=flm, landmarks_from=lm_from,
              seconds=time.time() - t0, pred=pred)
   out["summary"] = summarise(out)
@@ -167,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      mesh_min_score=args.mesh_min_score, mesh_retry=not args.no_mesh_retry,
                      model_dir=args.model_dir)
     source = pred.finder.source()[0]
-    pred.finder._get_detector()
+    pred.finder.get_detector()
   except (checkpoint.CheckpointError, MissingAssetError, detect.NoDetectorError, ValueError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2

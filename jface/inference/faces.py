@@ -159,7 +159,8 @@ class FaceFinder:
     if not callable(self.landmarks) and self.landmarks not in LANDMARK_SOURCES:
       raise ValueError(f"landmarks must be one of {', '.join(LANDMARK_SOURCES)}, got {self.landmarks!r}")
 
-  def _get_detector(self):
+  def get_detector(self):
+    """The detector callable, built on first use (``NoDetectorError``, one line, when it cannot run)."""
     if self._detector is None:
       if callable(self.detector):
         self._detector = self.detector
@@ -201,7 +202,7 @@ class FaceFinder:
       return faces
     if self.use_flm and self.flm_mode == "given":
       raise ValueError("no landmarks given for this image (flm='given')")
-    found = detect.select_faces(self._get_detector()(image), self.min_face_size, self.max_faces)
+    found = detect.select_faces(self.get_detector()(image), self.min_face_size, self.max_faces)
     name, source = self.source() if found else ("none", None)
     if self.use_flm and self.flm_mode == "source" and source is None:
       raise ValueError("flm='source' but no 68-point landmark source is available")
