@@ -10,10 +10,16 @@ names relative to the input folder) or a face detector (``jface.inference.detect
 landmark source (``--landmarker``; default: MediaPipe's face mesh + the fitted 468 -> 68 map when installed);
 see ``jface.inference.faces`` (crops, landmark map) and ``jface.inference.predictor`` (the method's predictions).
 Faces whose landmark map had to be the mean face are counted in the summary and warned about.
+Videos (a file with a ``jface.inference.video.VIDEO_EXTS`` extension, or a folder of frames with ``--video``; flags
+``--redetect N``, ``--no_tracking``, ``--fps``, ``--video_mesh``) go to ``jface.inference.video`` (tracking,
+``landmarks.csv``, ``overlay.mp4``, ``video.json``); a folder without ``--video`` is a folder of photos.
 
 Files: ``OUTDIR/<image>_face<k>.obj`` and ``.ply`` (``jface.inference.outputs.save_meshes``),
-``OUTDIR/<image>_overlay.jpg`` (shaded mesh + landmarks), ``OUTDIR/results.json`` (per image: status, size,
-faces with ``jface.inference.outputs.face_json``; a summary). Images are read and predicted ``--group`` at a time.
+``OUTDIR/<image>_overlay.jpg`` (shaded mesh + landmarks), ``OUTDIR/<image>.glb`` (all its faces' meshes textured
+with the photo, ``jface.inference.glb``) and ``OUTDIR/<image>.html`` (a self-contained, offline 3D viewer beside the
+overlay, ``jface.inference.viewer``; ``--no_viewer`` skips both), ``OUTDIR/results.json`` (per image: status, size,
+faces with ``jface.inference.outputs.face_json``, ``viewer`` {glb, html}; a summary). Images are read and
+predicted ``--group`` at a time.
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
   from jface.inference.predictor import DEFAULT_ITERATIONS
   ap = argparse.ArgumentParser(prog="python -m jface.predict",
                                description="3D face reconstruction of images with a trained jface checkpoint.")
-  ap.add_argument("input", help="an image or a folder of images (searched recursively)")
+  ap.add_argument("input", help="an image or a folder of images (searched recursively), or a video file "
+                              "(.mp4 .avi .mov .mkv .webm ...; a folder of frames with --video)")
   ap.add_argument("--checkpoint", required=True, help="train.py workdir")
   ap.add_argument("--out", required=True, help="output folder")
   ap.add_argument("--landmarks", default=None,
@@ -84,7 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--dlib_predictor", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
   ap.add_argument("--no_mesh", action="store_true", help="no .obj/.ply (landmarks, pose, overlays only)")
   ap.add_argument("--no_overlay", action="store_true")
+  ap.add_argument("--no_viewer", action="store_true", help="no <image>.glb / <image>.html 3D viewer")
   ap.add_argument("--ascii_ply", action="store_true")
+  vid = ap.add_argument_group("video (jface.inference.video: landmarks.csv, overlay.mp4, video.json)")
+  vid.add_argument("--video", action="store_true", help="the input (a folder of frames, or a file) is a video")
+  vid.add_argument("--redetect", type=int, default=30,
+                   help="run the detector every N frames (0 = only when a track is lost); in between, each face's "
+                        "previous landmarks place its crop")
+  vid.add_argument("--no_tracking", action="store_true", help="run the detector on every frame")
+  vid.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder (default 30), or to "
+                                                           "override a video file's")
+  vid.add_argument("--video_mesh", action="store_true", help="also draw the shaded dense mesh in overlay.mp4")
   return ap
 
 
@@ -105,6 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   if args.group < 1:
     return fail(f"--group must be >= 1, got {args.group}")
+  from jface.inference import video
+  if video.is_video_input(args.input, args.video):
+    return video.run_cli(args)
   try:
     root, rels = list_inputs(args.input)
   except FileNotFoundError as e:
@@ -137,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pred = Predictor(args.checkpoint, args.bfm_dir, which=args.which, flm=args.flm, iterations=args.iterations,
                      detector=detector, landmarks=args.landmarker, model_dir=args.model_dir,
-                     mesh_map=args.mesh_map, dense=not args.no_mesh or not args.no_overlay,
+                     mesh_map=args.mesh_map, dense=not (args.no_mesh and args.no_overlay and args.no_viewer),
                      dense_bases_dir=args.dense_bases_dir, max_batch=args.max_batch,
                      min_face_size=args.min_face_size, max_faces=args.max_faces,
                      dlib_predictor=args.dlib_predictor)
@@ -198,11 +218,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rec["faces"].append(outputs.face_json(f, meshes))
       n_faces += len(faces)
       n_mean_map += sum(f.flm.startswith("iterate") for f in faces)
+      drawn = None
       if not args.no_overlay:
         import cv2
         path = f"{stem}_overlay.jpg"
-        cv2.imwrite(path, outputs.overlay(img, faces, tri)[..., ::-1])
+        drawn = outputs.overlay(img, faces, tri)
+        cv2.imwrite(path, drawn[..., ::-1])
         rec["overlay"] = os.path.relpath(path, args.out)
+      dense = [f for f in faces if f.vertices is not None]
+      if not args.no_viewer and dense and tri is not None:
+        from jface.inference import viewer
+        files = viewer.save_viewer(stem, img, [f.vertices for f in dense], tri,
+                                   picture=outputs.overlay(img, faces, tri) if drawn is None else drawn,
+                                   title=rec["image"], note=viewer.dense_note(f.dense_shape for f in dense))
+        rec["viewer"] = {key: os.path.relpath(p, args.out) for key, p in files.items()}
   n_bad = sum(r["status"] == "error" for r in records)
   n_none = sum(r["status"] == "no_face" for r in records)
   summary = {"images": len(records), "faces": n_faces, "mean_face_map": n_mean_map, "errors": n_bad,

@@ -7,6 +7,9 @@
 * ``face_json``: one face's entry of ``results.json`` (box, roi_box, landmarks, pose, params -- null for methods
   without 3DMM params --, flm, dense_shape, mesh paths).
 
+Per image, ``jface.inference.viewer.save_viewer`` writes ``<stem>.glb`` (``jface.inference.glb``: all its faces, the
+same frame, textured with the photo) and ``<stem>.html`` (an offline 3D viewer page embedding it).
+
 Image coordinates are 1-based pixel centres, y down (``jface.inference.faces``).
 """
 from __future__ import annotations
