@@ -187,6 +187,8 @@ class ResFCN(_Layer):
     bn_momentum, bn_epsilon: TF-slim's batch-norm defaults (decay 0.999, epsilon 1e-3) as in the reference.
     deconv: "subpixel" (the 5 stride-2 transposed convs as ``SubpixelConvTranspose``, default: faster on XLA:CPU)
       or "flax" (``nn.ConvTranspose`` throughout). Same variables and the same numbers up to float32 rounding.
+    coord_channels: append x and y coordinate channels in [-1, 1] to the input (CoordConv, Liu et al. 2018; not
+      in the paper): the stem sees C + 2 channels.
 
   ``__call__(x, train)`` uses batch statistics and updates ``batch_stats`` when ``train`` (apply with
   ``mutable=["batch_stats"]``), the running averages otherwise. ``features(x, train)`` runs the encoder only:
@@ -198,6 +200,7 @@ class ResFCN(_Layer):
   scale_output: bool = True
   in_channels: int | None = 3
   deconv: str = "subpixel"
+  coord_channels: bool = False
 
   @property
   def base_filters(self) -> int:
@@ -221,7 +224,7 @@ class ResFCN(_Layer):
   def features(self, x, train: bool = False):
     """Encoder only: (B, S, S, C) -> (B, S/32, S/32, 32 * base_filters) in ``dtype``."""
     self._check(x)
-    return self.encoder(x, train)
+    return self.encoder(layers.append_coordinates(jnp.asarray(x, self.dtype)) if self.coord_channels else x, train)
 
   def __call__(self, x, train: bool = False):
     """(B, S, S, C) -> (B, S, S, 3) float32 in [0, pos_scale * S] (in [0, 1] when not ``scale_output``)."""
