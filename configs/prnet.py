@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.model_kwargs = {"width_mult": 1.0}  # jface.models.resfcn.ResFCN fields (width_mult, bn_momentum, ...)
   c.loss = "distance"  # "distance": Eq. 1 as printed (weighted Euclidean distance); "mse": squared
+  c.head = "sigmoid"  # "sigmoid": the paper's map; "template": mean-face map, affine + residual (TemplateResFCN)
 
   c.data = ml_collections.ConfigDict()
   c.data.train_3d = "tfds:the300w_lp"

@@ -244,3 +244,42 @@ def test_bn_axis_name_averages_over_mapped_axis():
 
   want, got = (np.asarray(a) / (1.1 * size) for a in fast_jit(run, v, x))  # in sigmoid units
   np.testing.assert_allclose(got, want, atol=2e-3)  # float32 rounding through 27 layers of batch statistics
+
+
+def test_coord_channels_widen_the_stem():
+  """coord_channels: the stem sees RGB + x + y (5 channels); same output shape, and the coordinates matter."""
+  size, model = 32, R.ResFCN(width_mult=0.125, coord_channels=True)
+  _, shapes = abstract_variables(model, size)
+  assert shapes["params"]["encoder"]["stem_conv"]["kernel"].shape == (4, 4, 5, 2)
+  v = numpy_variables(model, size)
+  x = jnp.zeros((1, size, size, 3))
+  out = fast_jit(lambda v, x: model.apply(v, x, train=False), v, x)
+  chex.assert_shape(out, (1, size, size, 3))
+  stem = {"params": v["params"]["encoder"]["stem_conv"]}
+  conv = nn.Conv(2, (4, 4), padding="SAME", use_bias=False)
+  # a constant image still gives a spatially varying stem response: the coordinate channels
+  assert float(jnp.std(conv.apply(stem, R.layers.append_coordinates(x)))) > 0
+
+
+def test_template_head_is_affine_template_plus_residual():
+  """TemplateResFCN: at zero affine parameters and zero last BN scale the map is the template itself; with a known
+  affine A, t it is center + t + A (template - center) (numpy), plus (sigmoid - 0.5) * 2 r S from the decoder."""
+  size = 32
+  model = R.TemplateResFCN(width_mult=0.125)
+  rng = np.random.default_rng(0)
+  tmpl = jnp.asarray(rng.uniform(0, size, (size, size, 3)), jnp.float32)
+  center = jnp.asarray([15.0, 16.0, 5.0])
+  x = jax.random.uniform(key(7), (2, size, size, 3))
+  shapes = jax.eval_shape(lambda x: model.init(key(), x, tmpl, center), x)
+  v = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  v = jax.tree_util.tree_map_with_path(  # BN variances 1 (scale 0 everywhere: the decoder's sigmoid is 0.5)
+      lambda p, a: jnp.ones_like(a) if jax.tree_util.keystr(p).endswith("['var']") else a, v)
+  run = lambda v: model.apply(v, x, tmpl, center, train=False)  # noqa: E731
+  np.testing.assert_allclose(np.asarray(fast_jit(run, v)), np.broadcast_to(tmpl, (2, size, size, 3)), atol=1e-5)
+  a = rng.normal(size=12).astype(np.float32) * 0.1
+  v["params"]["affine"]["bias"] = jnp.asarray(a)
+  mat, t = np.eye(3) + a[:9].reshape(3, 3), a[9:] * size
+  want = np.asarray(center) + t + (np.asarray(tmpl) - np.asarray(center)) @ mat.T
+  np.testing.assert_allclose(np.asarray(fast_jit(run, v))[1], want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match="template"):
+    model.apply(v, x, train=False)

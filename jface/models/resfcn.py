@@ -230,3 +230,40 @@ class ResFCN(_Layer):
     """(B, S, S, C) -> (B, S, S, 3) float32 in [0, pos_scale * S] (in [0, 1] when not ``scale_output``)."""
     y = self.decoder(self.features(x, train), train)
     return y * (self.pos_scale * x.shape[1]) if self.scale_output else y
+
+
+class TemplateResFCN(ResFCN):
+  """ResFCN whose map is an affine transform of a template map plus the decoder's bounded residual (not in the
+  paper; a CPU-scale option for small data, ``configs/prnet.py`` ``head="template"``):
+
+      map(u, v) = center + t + A (template(u, v) - center) + residual(u, v)
+
+  * ``A`` (3 x 3) = I + a[:9] and ``t`` = a[9:] * S come from a dense layer on the encoder's pooled features
+    (``affine``, zero-initialised: A = I, t = 0 at the start);
+  * residual = (sigmoid - 0.5) * 2 * ``residual_scale`` * S: the paper's decoder output, re-centred; the decoder's
+    last batch-norm scale starts at 0 (``jface.methods.prnet.step.init_variables``), so the first map is the
+    template itself.
+
+  ``__call__(x, template, center, train)``: x (B, S, S, 3) images, template (S, S, 3) map in output units (e.g. the
+  mean face's position map), center (3,) the point the affine map turns about (e.g. the template's mean over the
+  face) -> (B, S, S, 3) float32. ``scale_output`` and ``pos_scale`` are not used.
+  """
+  residual_scale: float = 0.25
+
+  def setup(self):
+    super().setup()
+    self.affine = nn.Dense(12, kernel_init=nn.initializers.zeros, dtype=jnp.float32)
+
+  def __call__(self, x, template=None, center=None, train: bool = False):
+    if template is None or center is None:
+      raise ValueError("TemplateResFCN needs a template map (S, S, 3) and its center (3,)")
+    feats = self.features(x, train)
+    y = self.decoder(feats, train)
+    size = x.shape[1]
+    a = self.affine(jnp.mean(jnp.asarray(feats, jnp.float32), axis=(1, 2)))
+    mat = jnp.eye(3, dtype=jnp.float32) + a[:, :9].reshape(-1, 3, 3)
+    t = a[:, 9:] * size
+    center = jnp.asarray(center, jnp.float32)
+    rel = jnp.asarray(template, jnp.float32) - center
+    base = jnp.einsum("bij,uvj->buvi", mat, rel) + (center + t)[:, None, None, :]
+    return base + (y - 0.5) * (2 * self.residual_scale * size)

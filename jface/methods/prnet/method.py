@@ -96,15 +96,16 @@ def make_predict_fn(config, mods: step.Modules, dense: bool = False) -> Callable
 
   @jax.jit
   def predict(state: TrainState, face: FaceModel, batch) -> FaceOutput:
-    maps = net.apply({"params": state.params, "batch_stats": state.batch_stats},
-                     targets.network_input(batch["image"], size), train=False)
+    maps = step.apply_net(net, {"params": state.params, "batch_stats": state.batch_stats},
+                          targets.network_input(batch["image"], size), face, lay, train=False)
     return outputs_from_maps(maps, face, lay, dense)
   return predict
 
 
 def describe(config) -> str:
   kw = dict(config.get("model_kwargs", {}))
-  return (f"resfcn width_mult={kw.get('width_mult', 1.0)} input={step.image_size(config)} "
+  return (f"resfcn width_mult={kw.get('width_mult', 1.0)} head={config.get('head', 'sigmoid')} "
+          f"input={step.image_size(config)} "
           f"loss={config.get('loss', 'distance')} face={config.bfm_dir}")
 
 

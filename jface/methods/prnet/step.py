@@ -26,14 +26,15 @@ import numpy as np
 import optax
 
 from jface.core import uv as uv_lib
-from jface.core.face_model import FaceModel
+from jface.core.face_model import N_PARAMS, FaceModel
 from jface.methods.base import Batch, TrainState
 from jface.methods.prnet import losses, targets
 from jface.methods.prnet.uv_layout import Layout, layout as get_layout
-from jface.models.resfcn import ResFCN
+from jface.models.resfcn import ResFCN, TemplateResFCN
 from jface.train import optim, parallel
 
 DEFAULT_IMAGE_SIZE = 256
+HEADS = ("sigmoid", "template")  # the paper's sigmoid map; ours: affine template + residual (TemplateResFCN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,30 @@ def image_size(config) -> int:
 
 def build(config: ml_collections.ConfigDict, bn_axis_name: str | None = parallel.AXIS) -> Modules:
   size = image_size(config)
-  net = ResFCN(bn_axis_name=bn_axis_name, dtype=jnp.dtype(config.get("dtype", "float32")),
-               **dict(config.get("model_kwargs", {})))
+  head = str(config.get("head", "sigmoid"))
+  if head not in HEADS:
+    raise ValueError(f"unknown PRNet head {head!r}; choose one of {', '.join(HEADS)}")
+  cls = TemplateResFCN if head == "template" else ResFCN
+  net = cls(bn_axis_name=bn_axis_name, dtype=jnp.dtype(config.get("dtype", "float32")),
+            **dict(config.get("model_kwargs", {})))
   lay = get_layout(str(config.bfm_dir), size, str(config.get("prnet_uv_dir", "") or ""))
   return Modules(net=net, tx=optim.make_optimizer(config), layout=lay)
+
+
+def template(face: FaceModel, lay: Layout) -> tuple[jax.Array, jax.Array]:
+  """The mean face's position map (S, S, 3) (whitened params 0: the mean pose and shape, in map units) and its
+  weighted mean over the face (3,): ``TemplateResFCN``'s template and center."""
+  tmpl = targets.target_maps(face, jnp.zeros((1, N_PARAMS), jnp.float32), lay)[0]
+  w = jnp.asarray(lay.weights > 0, jnp.float32)[..., None]
+  return tmpl, jnp.sum(tmpl * w, axis=(0, 1)) / jnp.sum(w)
+
+
+def apply_net(net, variables: dict, x: jax.Array, face: FaceModel, lay: Layout, train: bool, **kw):
+  """The network's maps (B, S, S, 3) for images ``x``: ResFCN directly, ``TemplateResFCN`` with the face model's
+  template (``template``). ``kw`` goes to ``net.apply`` (e.g. ``mutable``)."""
+  if isinstance(net, TemplateResFCN):
+    return net.apply(variables, x, *template(face, lay), train=train, **kw)
+  return net.apply(variables, x, train=train, **kw)
 
 
 def init_variables(net: ResFCN, size: int, seed: int) -> dict:
@@ -68,13 +89,23 @@ def init_variables(net: ResFCN, size: int, seed: int) -> dict:
   again for the template. Deterministic in ``seed`` on every backend.
   """
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  extra = ()
+  if isinstance(net, TemplateResFCN):  # its template and center; zero affine kernel, zero last BN scale
+    extra = (jax.ShapeDtypeStruct((size, size, 3), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32))
   shapes = jax.eval_shape(functools.partial(net.clone(bn_axis_name=None).init, train=False),
-                          jax.random.PRNGKey(0), x)
+                          jax.random.PRNGKey(0), x, *extra)
   rng = np.random.default_rng(seed)
+  last_bn = f"bn{len(resfcn_decoder_layers())}"
 
   def draw(path, leaf):
     name = str(getattr(path[-1], "key", path[-1]))
+    keys = [str(getattr(p, "key", p)) for p in path]
     shape, dtype = leaf.shape, leaf.dtype
+    if extra and ("affine" in keys or (name == "scale" and last_bn in keys and "decoder" in keys)):
+      draw_zero = jnp.zeros(shape, dtype)
+      if name == "kernel":
+        rng.uniform(size=shape)  # keep the other leaves' draws as without the head
+      return draw_zero
     if name == "kernel":
       receptive = int(np.prod(shape[:-2]))
       bound = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
@@ -85,6 +116,11 @@ def init_variables(net: ResFCN, size: int, seed: int) -> dict:
       return jnp.zeros(shape, dtype)
     raise ValueError(f"init_variables: no rule for the ResFCN variable {jax.tree_util.keystr(path)}")
   return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def resfcn_decoder_layers() -> list:
+  from jface.models import resfcn
+  return list(resfcn.DECODER) + [(3, 1)] * resfcn.NUM_OUT_LAYERS
 
 
 def init_state(config: ml_collections.ConfigDict, mods: Modules) -> TrainState:
@@ -118,8 +154,8 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
     target = targets.target_maps(face, batch["params"], lay)
 
     def loss_fn(params):
-      pred, new_vars = net.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                                 mutable=["batch_stats"])
+      pred, new_vars = apply_net(net, {"params": params, "batch_stats": state.batch_stats}, x, face, lay,
+                                 train=True, mutable=["batch_stats"])
       return losses.position_map_loss(pred, target, weights, kind), (new_vars["batch_stats"], pred)
 
     (loss, (batch_stats, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
