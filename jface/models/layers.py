@@ -225,8 +225,12 @@ def check_input(x, in_channels: int | None, name: str):
     raise ValueError(f"{name} was built for {in_channels} input channels, got shape {x.shape}")
 
 
-max_pool_3x3_s2 = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2),
-                                    padding=((1, 1), (1, 1)))  # pads with -inf, as PyTorch
+def max_pool_3x3_s2(x):
+  """3 x 3 max pool at stride 2 over (B, H, W, C), padded by 1 with -inf (as PyTorch); the padding is an explicit
+  ``jnp.pad`` before a VALID pool (the same numbers as ``nn.max_pool(padding=((1, 1), (1, 1)))``, and it exports
+  to ONNX)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
 
 def append_coordinates(x):

@@ -147,7 +147,7 @@ class ResNet(nn.Module):
       if x.shape[1] < 7 or x.shape[2] < 7:
         raise ValueError(f"layout '2dasl' needs a final feature map of at least 7x7 (AvgPool(7, stride 2)), "
                          f"got {x.shape[1]}x{x.shape[2]}; use larger inputs (e.g. 120x120) or layout='standard'")
-      x = nn.avg_pool(x, (7, 7), strides=(2, 2), padding="VALID")
+      x = nn.avg_pool(x, window_shape=(7, 7), strides=(2, 2), padding="VALID")
       x = x.reshape(x.shape[0], -1)
     else:
       x = jnp.mean(x, axis=(1, 2))

@@ -32,10 +32,12 @@ def landmark_map(pts: jax.Array, size: int = CROP_SIZE, mask: jax.Array | None =
     finite = jnp.all(jnp.isfinite(p), axis=-1)
     ij = jnp.round(jnp.where(finite[:, None], p, -10.0)).astype(jnp.int32) - 1
     c, r = ij[:, 0], ij[:, 1]
-    ok = mk & finite & (c >= 0) & (c < size) & (r >= 0) & (r < size)
-    flat = jnp.where(ok, r * size + c, size * size)  # out-of-range index is dropped
-    img = jnp.full((size * size,), -1.0, jnp.float32).at[flat].set(1.0, mode="drop")
-    return img.reshape(size, size)
+    ok = mk & finite
+    # one-hot rows x one-hot columns (no scatter: exports to ONNX); out-of-crop points match no pixel
+    grid = jnp.arange(size, dtype=jnp.int32)
+    rows = jnp.where(ok[:, None] & (r[:, None] == grid), 1.0, 0.0)
+    cols = jnp.where(c[:, None] == grid, 1.0, 0.0)
+    return jnp.where(jnp.einsum("kr,kc->rc", rows, cols) > 0, 1.0, -1.0).astype(jnp.float32)
 
   return jax.vmap(one)(pts, m).reshape(batch + (size, size))
 
