@@ -104,6 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dev = ""
   c.data.dev_size = 0  # 0 = all
   c.data.holdout = 0  # > 0: hold out this many train_3d examples and evaluate on them instead of data.dev
+  c.data.extra_3d = ""  # another 3D-labelled spec appended to train_3d (e.g. crops:DIR of jface.data.profiling)
   c.data.num_threads = 2
   c.data.augment = True
   c.data.landmark_noise_px = 0.0

@@ -69,6 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dev, train_idx = _dev_evaluator(config, method, face, len(sources.get("train_3d", ())))
   if train_idx is not None:
     sources["train_3d"] = Subset(sources["train_3d"], train_idx)
+  if config.data.get("extra_3d") and "train_3d" in sources:
+    sources["train_3d"] = with_extra_3d(sources["train_3d"], config, face, train_idx)
   with_method = config.copy_and_resolve_references()
   if "method" not in with_method:
     with_method.method = method.name
@@ -181,6 +183,45 @@ def holdout_indices(n_total: int, n: int, seed: int = 0) -> tuple[np.ndarray, np
     raise ValueError(f"data.holdout must be in (0, {n_total}), got {n}")
   perm = np.random.default_rng(seed).permutation(n_total)
   return np.sort(perm[n:]), np.sort(perm[:n])
+
+
+def with_extra_3d(train_3d, config, face, train_idx):
+  """``train_3d`` followed by the examples of ``config.data.extra_3d`` (another 3D-labelled spec, e.g. the
+  profiled crops of ``python -m jface.data.profiling``). With ``data.holdout``, extra examples made from a held-out
+  image (a crops folder's ``meta.npz`` ``source_name`` equal to a held-out example's name) are dropped, so the
+  hold-out stays unseen. Logs the counts."""
+  extra = registry.build_source(config.data.extra_3d, face)
+  keep = np.arange(len(extra))
+  origins = registry.origin_names(config.data.extra_3d)
+  if train_idx is not None and origins is not None:
+    base = train_3d.source
+    names = getattr(base, "names", None) or getattr(getattr(base, "source", None), "names", None)
+    if names is None:
+      raise ValueError(f"data.extra_3d with data.holdout needs example names from {config.data.train_3d}")
+    _, held = holdout_indices(len(base), int(config.data.holdout))
+    held_names = {str(names[i]) for i in held}
+    keep = np.asarray([i for i in keep if str(origins[i]) not in held_names], int)
+  print(f"train_3d: {len(train_3d)} examples + {len(keep)} of {config.data.extra_3d} "
+        f"({len(extra) - len(keep)} made from held-out images dropped)", flush=True)
+  return Concat([train_3d, Subset(extra, keep)])
+
+
+class Concat:
+  """Sources one after the other (random access over their total length)."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i):
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(f"Concat index {i} out of range [0, {len(self)})")
+    k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+    return self.sources[k][i - int(self.offsets[k])]
 
 
 class Subset:

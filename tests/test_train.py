@@ -196,3 +196,39 @@ def test_cpu_config_trains_on_shared_data(tmp_path, shared_data):
   assert res["elapsed_s"] > 0
   # a rerun finds the run complete and keeps the accumulated wall-clock
   assert training.previous_elapsed(str(tmp_path)) > 0
+
+
+def test_extra_3d_is_appended_without_the_holdouts_profiles(tmp_path, monkeypatch):
+  """data.extra_3d: its examples follow train_3d's; with a hold-out, those made from a held-out image
+  (meta.npz source_name) are dropped. Concat indexes across the parts."""
+  from jface.data import registry
+
+  class Named:
+    def __init__(self, names):
+      self.names = list(names)
+
+    def __len__(self):
+      return len(self.names)
+
+    def __getitem__(self, i):
+      return {"name": self.names[i]}
+
+  base = Named([f"img{i}.jpg" for i in range(10)])
+  folder = tmp_path / "prof"
+  folder.mkdir()
+  origins = [f"img{i // 2}.jpg" for i in range(20)]  # two profiles per source image
+  np.savez(folder / "meta.npz", names=np.array([f"p{i}" for i in range(20)]), source_name=np.array(origins))
+  spec = f"crops:{folder}"
+  assert registry.origin_names(spec) == origins and registry.origin_names("synthetic:4") is None
+  monkeypatch.setattr(registry, "build_source", lambda s, face=None: Named([f"p{i}" for i in range(20)]))
+  c = tiny_smoke(1)
+  c.data.extra_3d, c.data.holdout = spec, 3
+  train_idx, held = training.holdout_indices(10, 3)
+  out = training.with_extra_3d(training.Subset(base, train_idx), c, None, train_idx)
+  held_names = {base.names[i] for i in held}
+  kept = [out[i]["name"] for i in range(7, len(out))]
+  assert len(out) == 7 + 20 - 2 * 3
+  assert [out[i]["name"] for i in range(7)] == [base.names[i] for i in train_idx]
+  assert not {origins[int(k[1:])] for k in kept} & held_names
+  with pytest.raises(IndexError):
+    out[len(out)]
