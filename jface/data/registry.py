@@ -68,6 +68,18 @@ def _need_dir(path: str, spec: str) -> str:
   return path
 
 
+def origin_names(spec: str):
+  """For a ``crops:DIR`` made from other images (``meta.npz`` with ``source_name``, e.g. by
+  ``jface.data.profiling``): the source image name of each example; None for any other spec."""
+  import numpy as np
+  kind, _, rest = spec.partition(":")
+  path = os.path.join(rest, "meta.npz")
+  if kind != "crops" or not os.path.isfile(path):
+    return None
+  with np.load(path, allow_pickle=False) as meta:
+    return None if "source_name" not in meta else [str(x) for x in meta["source_name"]]
+
+
 def build_source(spec: str, model=None):
   """A random-access source for ``spec`` (see the module table). ``model`` whitens 3D labels."""
   if not spec:
