@@ -187,11 +187,14 @@ def holdout_indices(n_total: int, n: int, seed: int = 0) -> tuple[np.ndarray, np
 
 def with_extra_3d(train_3d, config, face, train_idx):
   """``train_3d`` followed by the examples of ``config.data.extra_3d`` (another 3D-labelled spec, e.g. the
-  profiled crops of ``python -m jface.data.profiling``). With ``data.holdout``, extra examples made from a held-out
+  profiled crops of ``python -m jface.data.profiling`` or ``fitted:DIR[:MAX_RESIDUAL]`` pseudo-labels, whose
+  unlabelled examples -- ``ok`` False -- are left out). With ``data.holdout``, extra examples made from a held-out
   image (a crops folder's ``meta.npz`` ``source_name`` equal to a held-out example's name) are dropped, so the
-  hold-out stays unseen. Logs the counts."""
+  hold-out stays unseen. Examples keep the keys both sources have. Logs the counts."""
   extra = registry.build_source(config.data.extra_3d, face)
   keep = np.arange(len(extra))
+  if getattr(extra, "ok", None) is not None:
+    keep = keep[np.asarray(extra.ok, bool)]
   origins = registry.origin_names(config.data.extra_3d)
   if train_idx is not None and origins is not None:
     base = train_3d.source
@@ -203,14 +206,19 @@ def with_extra_3d(train_3d, config, face, train_idx):
     keep = np.asarray([i for i in keep if str(origins[i]) not in held_names], int)
   print(f"train_3d: {len(train_3d)} examples + {len(keep)} of {config.data.extra_3d} "
         f"({len(extra) - len(keep)} made from held-out images dropped)", flush=True)
-  return Concat([train_3d, Subset(extra, keep)])
+  if not len(keep):
+    raise ValueError(f"data.extra_3d={config.data.extra_3d} has no 3D-labelled example left")
+  keys = set(train_3d[0]) & set(extra[int(keep[0])])
+  return Concat([train_3d, Subset(extra, keep)], keys=keys)
 
 
 class Concat:
-  """Sources one after the other (random access over their total length)."""
+  """Sources one after the other (random access over their total length); with ``keys``, examples keep only
+  those keys (sources whose examples carry different extras can share a batch)."""
 
-  def __init__(self, sources):
+  def __init__(self, sources, keys=None):
     self.sources = list(sources)
+    self.keys = None if keys is None else set(keys)
     self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
 
   def __len__(self):
@@ -221,7 +229,8 @@ class Concat:
     if not 0 <= i < len(self):
       raise IndexError(f"Concat index {i} out of range [0, {len(self)})")
     k = int(np.searchsorted(self.offsets, i, side="right")) - 1
-    return self.sources[k][i - int(self.offsets[k])]
+    ex = self.sources[k][i - int(self.offsets[k])]
+    return ex if self.keys is None else {key: v for key, v in ex.items() if key in self.keys}
 
 
 class Subset:

@@ -211,8 +211,16 @@ def test_extra_3d_is_appended_without_the_holdouts_profiles(tmp_path, monkeypatc
       return len(self.names)
 
     def __getitem__(self, i):
-      return {"name": self.names[i]}
+      return {"name": self.names[i], f"only_{self.tag}": i}
 
+  class Fitted(Named):
+    tag = "fitted"
+    ok = np.arange(20) % 5 != 0  # 4 of 20 unlabelled: left out
+
+  class Profiles(Named):
+    tag = "profiles"
+
+  Named.tag = "base"
   base = Named([f"img{i}.jpg" for i in range(10)])
   folder = tmp_path / "prof"
   folder.mkdir()
@@ -220,7 +228,7 @@ def test_extra_3d_is_appended_without_the_holdouts_profiles(tmp_path, monkeypatc
   np.savez(folder / "meta.npz", names=np.array([f"p{i}" for i in range(20)]), source_name=np.array(origins))
   spec = f"crops:{folder}"
   assert registry.origin_names(spec) == origins and registry.origin_names("synthetic:4") is None
-  monkeypatch.setattr(registry, "build_source", lambda s, face=None: Named([f"p{i}" for i in range(20)]))
+  monkeypatch.setattr(registry, "build_source", lambda s, face=None: Profiles([f"p{i}" for i in range(20)]))
   c = tiny_smoke(1)
   c.data.extra_3d, c.data.holdout = spec, 3
   train_idx, held = training.holdout_indices(10, 3)
@@ -230,5 +238,10 @@ def test_extra_3d_is_appended_without_the_holdouts_profiles(tmp_path, monkeypatc
   assert len(out) == 7 + 20 - 2 * 3
   assert [out[i]["name"] for i in range(7)] == [base.names[i] for i in train_idx]
   assert not {origins[int(k[1:])] for k in kept} & held_names
+  assert set(out[0]) == {"name"}  # only the keys both sources have
   with pytest.raises(IndexError):
     out[len(out)]
+  monkeypatch.setattr(registry, "build_source", lambda s, face=None: Fitted([f"w{i}" for i in range(20)]))
+  c.data.extra_3d, c.data.holdout = "fitted:DIR", 0
+  out = training.with_extra_3d(base, c, None, None)
+  assert len(out) == 10 + 16 and "w5" not in [out[i]["name"] for i in range(10, 26)]

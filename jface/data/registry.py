@@ -10,6 +10,8 @@ spec                               source
 ``mat:DIR``                        original AFLW2000-3D / 300W-LP layout ``DIR/*.jpg`` + ``DIR/*.mat``
 ``aflw_wild:DIR``                  AFLW in-the-wild crops with 21 visible-masked points (2D-only)
 ``folder:IMAGES:LANDMARKS``        a folder of images + a 68-point landmarks file (2D-only)
+``fitted:DIR[:MAX_RESIDUAL]``      the images of a ``jface.data.fit_labels`` run in DIR with its fitted params as 3D
+                                   labels (fits with residual > MAX_RESIDUAL px, and failed ones, stay 2D-only)
 ``tfds:NAME[:SPLIT[:DATA_DIR]]``   TFDS ``the300w_lp`` / ``aflw2k3d`` through ``tfds.data_source``
 =================================  ==========================================================================
 """
@@ -19,7 +21,7 @@ import os
 
 from jface.core.face_model import MissingAssetError
 
-KINDS = ("synthetic", "synthetic2d", "crops", "mat", "aflw_wild", "folder", "tfds")
+KINDS = ("synthetic", "synthetic2d", "crops", "mat", "aflw_wild", "folder", "fitted", "tfds")
 
 
 class HideParams:
@@ -111,6 +113,11 @@ def build_source(spec: str, model=None):
     if not os.path.exists(args[1]):
       raise MissingAssetError(f"missing landmarks file {args[1]} (from data spec {spec!r})")
     return FolderSource(_need_dir(args[0], spec), args[1])
+  if kind == "fitted":
+    from jface.data.fit_labels import FittedSource
+    if not args or len(args) > 2:
+      raise ValueError(f"data spec {spec!r}: expected fitted:DIR[:MAX_RESIDUAL]")
+    return FittedSource(_need_dir(args[0], spec), float(args[1]) if len(args) > 1 else None, model=model)
   if kind == "tfds":
     from jface.data.tfds_sources import TFDSSource
     if not args:
