@@ -39,6 +39,11 @@ Variants (``get_config(arg)``):
   partly beside a CI run): dev 2D NME mean of bins 11.194 (7.673 / 10.631 / 15.278), 3D 16.014, ICP 4.825, still
   improving at the end; not tuned yet (docs/RESULTS.md, "PRNet").
 
+Options not in the paper: ``--config.head=template`` (``TemplateResFCN``: the mean face's map turned by a predicted
+affine map plus the decoder's bounded residual; it starts at the mean face but learned no faster in a 1000-step
+probe on a train hold-out, docs/RESULTS.md "PRNet"), ``--config.model_kwargs.coord_channels=True`` (CoordConv
+input), ``--config.data.extra_3d=crops:DIR`` (more 3D-labelled crops, e.g. ``python -m jface.data.profiling``'s).
+
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
 """
 from __future__ import annotations
