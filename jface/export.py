@@ -72,7 +72,7 @@ def serving_function(pred, dense: bool):
   inputs = [("image", (size, size, 3), "uint8")]
   if pred.input_fields:
     inputs += [("flm_landmarks", (68, 2), "float32"), ("landmarks_mask", (68,), "bool")]
-  predict = pred._predict_dense if dense else pred._predict
+  predict = pred.predict_fn(dense)
   # predict reads params and batch_stats of the state, and some arrays of the face model
   leaves, tree = jax.tree_util.tree_flatten((pred.state.replace(opt_state={}, extra={}), pred.model))
 
@@ -270,7 +270,7 @@ def export_predictor(pred, out: str, *, dense: bool = False, platforms: Sequence
       "files": {"jax": ARTIFACT},
   }
   if pred.input_fields:
-    meta["mean_flm_landmarks"] = pred._mean_flm.astype(np.float64).tolist()  # exact float32 values
+    meta["mean_flm_landmarks"] = pred.mean_flm.astype(np.float64).tolist()  # exact float32 values
     meta["empty_map"] = bool(pred.empty_map)
   error = None
   if onnx:

@@ -130,6 +130,16 @@ class Predictor:
   def flm_mode(self) -> str:
     return self.finder.flm_mode
 
+  def predict_fn(self, dense: bool = False):
+    """The jitted ``predict(state, face, batch) -> FaceOutput`` that ``predict_crops`` runs (``dense``: with this
+    predictor's dense vertices)."""
+    return self._predict_dense if dense else self._predict
+
+  @property
+  def mean_flm(self) -> np.ndarray:
+    """(68, 2) float32 crop pixels: the mean face's landmarks, the default landmark-map points."""
+    return self._mean_flm
+
   @property
   def triangles(self) -> Optional[np.ndarray]:
     """(T, 3) int32 0-based triangles of the dense mesh (the face model's), or None."""
