@@ -195,6 +195,7 @@ def with_extra_3d(train_3d, config, face, train_idx):
   keep = np.arange(len(extra))
   if getattr(extra, "ok", None) is not None:
     keep = keep[np.asarray(extra.ok, bool)]
+  unlabelled, held_out = len(extra) - len(keep), 0
   origins = registry.origin_names(config.data.extra_3d)
   if train_idx is not None and origins is not None:
     base = train_3d.source
@@ -203,9 +204,10 @@ def with_extra_3d(train_3d, config, face, train_idx):
       raise ValueError(f"data.extra_3d with data.holdout needs example names from {config.data.train_3d}")
     _, held = holdout_indices(len(base), int(config.data.holdout))
     held_names = {str(names[i]) for i in held}
-    keep = np.asarray([i for i in keep if str(origins[i]) not in held_names], int)
-  print(f"train_3d: {len(train_3d)} examples + {len(keep)} of {config.data.extra_3d} "
-        f"({len(extra) - len(keep)} made from held-out images dropped)", flush=True)
+    kept = np.asarray([i for i in keep if str(origins[i]) not in held_names], int)
+    held_out, keep = len(keep) - len(kept), kept
+  print(f"train_3d: {len(train_3d)} examples + {len(keep)} of {config.data.extra_3d} ({unlabelled} without "
+        f"labels and {held_out} made from held-out images left out)", flush=True)
   if not len(keep):
     raise ValueError(f"data.extra_3d={config.data.extra_3d} has no 3D-labelled example left")
   keys = set(train_3d[0]) & set(extra[int(keep[0])])
