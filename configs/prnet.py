@@ -37,7 +37,10 @@ Variants (``get_config(arg)``):
   start, evaluate and checkpoint at first (``--config.num_steps=20``: ~31 img/s); then one full run
   (``python train.py --config configs/prnet.py:cpu --workdir W``, 2026-12-02, 36 min 02 s on the 2-core machine,
   partly beside a CI run): dev 2D NME mean of bins 11.194 (7.673 / 10.631 / 15.278), 3D 16.014, ICP 4.825, still
-  improving at the end; not tuned yet (docs/RESULTS.md, "PRNet").
+  improving at the end. It underfits (11.427 on its own training crops). Probes on a train hold-out (1000 steps,
+  64 x 64): Adam 3e-3 learned fastest; a second run with it plus 1739 profiled crops (``--config.optimizer.
+  learning_rate=3e-3 --config.data.extra_3d=crops:DIR``, hold-out 100, 25 min 38 s) scored dev 10.559 (9.951 /
+  10.311 / 11.414) with worse dense metrics (docs/RESULTS.md, "PRNet"); far from the issue's targets.
 
 Options not in the paper: ``--config.head=template`` (``TemplateResFCN``: the mean face's map turned by a predicted
 affine map plus the decoder's bounded residual; it starts at the mean face but learned no faster in a 1000-step
