@@ -40,7 +40,10 @@ Variants (``get_config(arg)``):
   improving at the end. It underfits (11.427 on its own training crops). Probes on a train hold-out (1000 steps,
   64 x 64): Adam 3e-3 learned fastest; a second run with it plus 1739 profiled crops (``--config.optimizer.
   learning_rate=3e-3 --config.data.extra_3d=crops:DIR``, hold-out 100, 25 min 38 s) scored dev 10.559 (9.951 /
-  10.311 / 11.414) with worse dense metrics (docs/RESULTS.md, "PRNet"); far from the issue's targets.
+  10.311 / 11.414) with worse dense metrics (docs/RESULTS.md, "PRNet"). Best so far: Adam 3e-3 plus the 9,284
+  pseudo-labelled wild crops (``python -m jface.data.fit_labels ...``, then ``--config.optimizer.learning_rate=3e-3
+  --config.data.extra_3d=fitted:W:3``, hold-out 100, 29 min 44 s): dev 2D NME **8.074** (5.709 / 8.379 / 10.133),
+  3D 12.782, dense 2D 10.413, ICP 3.942.
 
 Options not in the paper: ``--config.head=template`` (``TemplateResFCN``: the mean face's map turned by a predicted
 affine map plus the decoder's bounded residual; it starts at the mean face but learned no faster in a 1000-step
