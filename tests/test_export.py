@@ -19,17 +19,9 @@ import pytest
 
 from jface import configs, export
 from jface.inference.predictor import Predictor
-from tests.helpers.fakes import initial_state, load_config, write_workdir
+from tests.helpers.fakes import initial_state, tiny_2dasl_config, write_workdir
 
 S = 120  # the synthetic face model's crop size
-
-
-def _tiny_2dasl(use_flm: bool):
-  c = load_config("smoke")
-  c.use_flm, c.use_cyc, c.use_sc = use_flm, False, False
-  c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
-  c.encoder_kwargs = {"channels": (8, 8, 8, 8, 8)}
-  return c
 
 
 def _tiny_prnet():
@@ -43,7 +35,7 @@ def _tiny_prnet():
 def twodasl(tmp_path_factory):
   """(workdir, Predictor, export dir) of the landmark-map 2DASL model, exported with export_predictor."""
   root = tmp_path_factory.mktemp("export_2dasl")
-  c = _tiny_2dasl(True)
+  c = tiny_2dasl_config(True)
   wd = str(write_workdir(root / "wd", c, initial_state(c), 7))
   pred = Predictor(wd, max_batch=4, detector="haar", landmarks="none")
   export.export_predictor(pred, str(root / "out"), dense=True, source={"checkpoint": wd, "which": "latest"})
@@ -67,7 +59,7 @@ def rgb_cli(tmp_path_factory):
   """(workdir, export dir, exit status, stdout) of the RGB-only 2DASL model exported by the CLI for cpu, with
   --onnx when the onnx extra is installed."""
   root = tmp_path_factory.mktemp("export_rgb")
-  c = _tiny_2dasl(False)
+  c = tiny_2dasl_config(False)
   wd = str(write_workdir(root / "wd", c, initial_state(c), 0))
   argv = ["--checkpoint", wd, "--out", str(root / "out"), "--platforms", "cpu", "--which", "latest"]
   buf = io.StringIO()

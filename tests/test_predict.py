@@ -26,7 +26,7 @@ from jface.data.wild import write_landmarks_csv
 from jface.inference import cli, detect, mean_shape, outputs
 from jface.inference import predictor as predict
 from jface.inference.faces import FaceResult
-from tests.helpers.fakes import initial_state, load_config, write_workdir
+from tests.helpers.fakes import tiny_2dasl_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,10 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A 2DASL workdir written directly: config.json + checkpoints/ holding the method's initial state."""
-  c = load_config("smoke")
-  c.use_flm, c.use_cyc, c.use_sc = True, False, False
-  c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
-  return str(write_workdir(tmp_path_factory.mktemp("ckpt"), c, initial_state(c), 0))
+  return tiny_2dasl_workdir(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from jface.data import common
 from jface.inference import cli, detect, video
 from jface.inference import predictor as predict
 from jface.inference.faces import FaceResult
-from tests.helpers.fakes import initial_state, load_config, write_workdir
+from tests.helpers.fakes import initial_state, tiny_2dasl_config, write_workdir
 
 N, W, H, FPS = 12, 240, 200, 10.0
 
@@ -50,9 +50,7 @@ class BoxDetector:
 def workdir(tmp_path_factory):
   """A 2DASL workdir (tiny_cnn) whose head outputs the fixed-point params (module docstring)."""
   from jface.core import synthetic
-  c = load_config("smoke")
-  c.use_flm, c.use_cyc, c.use_sc = True, False, False
-  c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
+  c = tiny_2dasl_config()
   model = synthetic.face_model()
   mean = np.asarray(geometry.landmarks2d(model, jnp.zeros(N_PARAMS)))
   target = crop_lib.image_to_crop(mean, common.roi_box_from_landmarks(mean), model.crop_size)

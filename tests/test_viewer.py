@@ -213,11 +213,8 @@ def test_page_is_self_contained(face):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """The tiny 2DASL workdir of tests/test_predict.py (initial state: near-mean-face predictions)."""
-  from tests.helpers.fakes import initial_state, load_config, write_workdir
-  c = load_config("smoke")
-  c.use_flm, c.use_cyc, c.use_sc = True, False, False
-  c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
-  return str(write_workdir(tmp_path_factory.mktemp("ckpt"), c, initial_state(c), 0))
+  from tests.helpers.fakes import tiny_2dasl_workdir
+  return tiny_2dasl_workdir(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_cli_writes_glb_and_viewer(workdir, face, tmp_path):

@@ -86,3 +86,18 @@ def write_workdir(wd, config, tree, step: int, method_key: bool = True):
   latest.close()
   best.close()
   return wd
+
+
+def tiny_2dasl_config(use_flm: bool = True):
+  """configs/2dasl.py:smoke with a tiny CNN (channels 8, 16), L3d only: the model of the inference tests."""
+  c = load_config("smoke")
+  c.use_flm, c.use_cyc, c.use_sc = use_flm, False, False
+  c.model, c.model_kwargs = "tiny_cnn", {"channels": (8, 16)}
+  c.encoder_kwargs = {"channels": (8, 8, 8, 8, 8)}
+  return c
+
+
+def tiny_2dasl_workdir(wd, use_flm: bool = True, step: int = 0) -> str:
+  """A ``tiny_2dasl_config`` workdir at its initial state (near-mean-face predictions)."""
+  c = tiny_2dasl_config(use_flm)
+  return str(write_workdir(wd, c, initial_state(c), step))
