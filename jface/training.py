@@ -55,6 +55,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   method = methods.of_config(config)
   method.check_config(config)
+  plan = method.stages(config) if method.stages is not None else []
+  if plan:
+    return train_stages(plan, workdir, config.get("init_from", ""))
   t_start = time.time()
   elapsed_before = previous_elapsed(workdir)
   elapsed = lambda: round(elapsed_before + time.time() - t_start, 1)  # noqa: E731
@@ -159,6 +162,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for name, ld in loaders.items():
       if ld.stats["bad"]:
         print(f"{name}: skipped {ld.stats['bad']} unreadable examples ({ld.stats['replaced']} draws replaced)")
+  return result
+
+
+def train_stages(plan, workdir: str, init_from: str = "") -> dict:
+  """Trains the stages of ``plan`` (``[(name, config), ...]``, ``Method.stages``) in turn, each in
+  ``workdir/<name>`` and initialised from the previous stage's workdir (the first from ``init_from``, if any);
+  ``workdir/stages.json`` names the final stage, which ``evaluate.py``, ``predict`` and ``export`` load. Re-running
+  resumes the unfinished stage; finished ones are skipped. Returns the final stage's evaluation (also written to
+  ``workdir/results.json``)."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, checkpoint.STAGES_FILE), "w") as f:
+    json.dump({"stages": [name for name, _ in plan], "final": plan[-1][0]}, f, indent=2)
+  prev, result = init_from, {}
+  for name, sub in plan:
+    sub = sub.copy_and_resolve_references()
+    sub.init_from = prev
+    sub_dir = os.path.join(workdir, name)
+    print(f"== {name} -> {sub_dir}" + (f" (initialised from {prev})" if prev else ""), flush=True)
+    result = train_and_evaluate(sub, sub_dir)
+    prev = sub_dir
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(dict(result, stage=plan[-1][0]), f, indent=2)
   return result
 
 

@@ -15,6 +15,15 @@ A source is any random-access object (``len(src)``, ``src[i] -> example dict``, 
   ``default_rng([seed, epoch, i, replacement])``), counted in ``loader.stats`` and reported by ONE one-line
   ``logging`` warning per bad index (the first ``MAX_WARNINGS`` of them); reading never stops mid-epoch.
   If no index is usable, ``RuntimeError``.
+* Grouped sources (PGN's multi-frame streams): a source with an int attribute ``group_size`` K > 1 holds groups
+  of K frames of one identity at the contiguous indices ``[g K, (g + 1) K)``. The epoch's order then permutes
+  the groups (``default_rng([seed, epoch]).permutation(n // K)``, each expanded to its K indices in source order),
+  so batch index ``b K + j`` is frame j of the batch's group b and every batch is whole groups; ``len(source)``
+  and ``batch_size`` must be multiples of K (``ValueError``). Bad frames never mix identities: a bad frame is
+  replaced by the next readable frame of the SAME group (frame positions j + 1, j + 2, ... cyclically; the group
+  then holds a repeated frame); only a group with no readable frame is replaced, as a whole, by the next group
+  of the epoch's order that has one (each position taking frame j of it, with the same rule). Examples carry
+  ``group`` (int identity index), batched as (B,) int32.
 
 Batches are dicts of stacked numpy arrays: the example fields (``image`` (B, S, S, 3) uint8, ``params``
 (B, 62) f32, ``has_params`` (B,) bool, ``landmarks`` (B, 68, 2) f32 -- ground truth, augmented --,
@@ -52,12 +61,24 @@ MAX_WARNINGS = 20  # per Loader; later bad examples are only counted
 
 # ------------------------------------------------------------------------------------------ batches
 
+def _group_size(source) -> int:
+  """The source's ``group_size`` (int >= 1; 1 when it has none). ``ValueError`` for anything else."""
+  k = getattr(source, "group_size", None)
+  if k is None:
+    return 1
+  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"{type(source).__name__}.group_size must be an int >= 1, got {k!r}")
+  return int(k)
+
+
 def check_example(ex: Mapping[str, Any], size: Optional[int] = None) -> None:
   """Raises ``ValueError`` (one line) if an example breaks the dict contract that batching relies on."""
   image = np.asarray(ex["image"])
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] != image.shape[1] or (
       size is not None and image.shape[0] != size):
     raise ValueError(f"image must be ({size or 'S'}, {size or 'S'}, 3) uint8, got {image.shape} {image.dtype}")
+  if "group" in ex and (np.ndim(ex["group"]) != 0 or np.asarray(ex["group"]).dtype.kind not in "iu"):
+    raise ValueError(f"group must be an integer scalar, got {ex['group']!r}")
   for key, shape in (("params", (N_PARAMS,)), ("landmarks", (N_LANDMARKS, 2)),
                      ("landmarks_mask", (N_LANDMARKS,)), ("roi_box", (4,))):
     if np.shape(ex[key]) != shape:
@@ -76,6 +97,8 @@ def _conform(ex: Mapping[str, Any]) -> dict:
   out["yaw"] = np.float32(ex["yaw"])
   out["source"] = str(ex["source"])
   out["name"] = str(ex["name"])
+  if "group" in ex:
+    out["group"] = np.int32(ex["group"])
   return out
 
 
@@ -113,6 +136,8 @@ class Loader:
     landmark_noise_px: std (crop pixels) of the Gaussian jitter on ``flm_landmarks``.
     flm_alt_prob, flm_dropout: probabilities of the other-source / empty landmark map (module docstring).
     name: label for warnings (default: the source's class name).
+
+  ``group_size``: K of a grouped source (module docstring), else 1.
   """
 
   def __init__(self, source, batch_size: int, seed: int, *, model=None,
@@ -142,6 +167,10 @@ class Loader:
       raise ValueError(f"flm_alt_prob and flm_dropout must be in [0, 1], got {flm_alt_prob}, {flm_dropout}")
     self.flm_alt_prob, self.flm_dropout = float(flm_alt_prob), float(flm_dropout)
     self.name = name or type(source).__name__
+    self.group_size = _group_size(source)
+    if self.group_size > 1 and (self.n % self.group_size or self.batch_size % self.group_size):
+      raise ValueError(f"{self.name}: len(source) {self.n} and batch_size {self.batch_size} must be multiples of "
+                       f"the source's group_size {self.group_size}")
     self.steps_per_epoch = self.n // self.batch_size if drop_remainder else math.ceil(self.n / self.batch_size)
     self._lock = threading.Lock()
     self._bad: dict[int, str] = {}
@@ -178,8 +207,14 @@ class Loader:
     with self._lock:
       perm = self._perms.get(epoch)
     if perm is None:
-      perm = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
-              else np.arange(self.n))
+      k = self.group_size
+      if not self.shuffle:
+        perm = np.arange(self.n)
+      elif k > 1:
+        groups = np.random.default_rng([self.seed, epoch]).permutation(self.n // k)
+        perm = (groups[:, None] * k + np.arange(k)).reshape(-1)
+      else:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
       with self._lock:
         self._perms[epoch] = perm
         while len(self._perms) > 3:
@@ -193,10 +228,22 @@ class Loader:
     return epoch, self._order(epoch), range(j * self.batch_size, min((j + 1) * self.batch_size, self.n))
 
   # -- one example
+  def _candidates(self, perm: np.ndarray, pos: int) -> Iterator[int]:
+    """The indices tried, in order, for position ``pos`` of the epoch (module docstring: robust, grouped)."""
+    k = self.group_size
+    if k == 1:
+      for attempt in range(self.n):
+        yield int(perm[(pos + attempt) % self.n])
+      return
+    n_groups, (gpos, j) = self.n // k, divmod(pos, k)
+    for a in range(n_groups):
+      first = int(perm[((gpos + a) % n_groups) * k])
+      for b in range(k):
+        yield first + (j + b) % k
+
   def _example(self, epoch: int, perm: np.ndarray, pos: int) -> dict:
     want = int(perm[pos])
-    for attempt in range(self.n):
-      idx = int(perm[(pos + attempt) % self.n])
+    for idx in self._candidates(perm, pos):
       with self._lock:
         known_bad = idx in self._bad
       if known_bad:

@@ -1,19 +1,29 @@
 """Data sources by spec string (what configs and command lines name).
 
-=================================  ==========================================================================
-spec                               source
-=================================  ==========================================================================
-``synthetic:N[:SEED]``             N rendered synthetic faces with 3D labels (embedded default, no download)
-``synthetic2d:N[:SEED]``           the same faces as a 2D-only stream (params hidden, landmarks kept)
-``crops:DIR``                      benchmark crop layout ``DIR/crops`` + ``DIR/meta.npz`` (+ ``DIR/AFLW2000``
-                                   .mat labels when present); landmark input = FAN points of the meta
-``mat:DIR``                        original AFLW2000-3D / 300W-LP layout ``DIR/*.jpg`` + ``DIR/*.mat``
-``aflw_wild:DIR``                  AFLW in-the-wild crops with 21 visible-masked points (2D-only)
-``folder:IMAGES:LANDMARKS``        a folder of images + a 68-point landmarks file (2D-only)
-``fitted:DIR[:MAX_RESIDUAL]``      the images of a ``jface.data.fit_labels`` run in DIR with its fitted params as 3D
-                                   labels (fits with residual > MAX_RESIDUAL px, and failed ones, stay 2D-only)
-``tfds:NAME[:SPLIT[:DATA_DIR]]``   TFDS ``the300w_lp`` / ``aflw2k3d`` through ``tfds.data_source``
-=================================  ==========================================================================
+===================================  ==========================================================================
+spec                                 source
+===================================  ==========================================================================
+``synthetic:N[:SEED]``               N rendered synthetic faces with 3D labels (embedded default, no download)
+``synthetic2d:N[:SEED]``             the same faces as a 2D-only stream (params hidden, landmarks kept)
+``crops:DIR``                        benchmark crop layout ``DIR/crops`` + ``DIR/meta.npz`` (+ ``DIR/AFLW2000``
+                                     .mat labels when present); landmark input = FAN points of the meta
+``mat:DIR``                          original AFLW2000-3D / 300W-LP layout ``DIR/*.jpg`` + ``DIR/*.mat``
+``aflw_wild:DIR``                    AFLW in-the-wild crops with 21 visible-masked points (2D-only)
+``folder:IMAGES:LANDMARKS``          a folder of images + a 68-point landmarks file (2D-only)
+``fitted:DIR[:MAX_RESIDUAL]``        the images of a ``jface.data.fit_labels`` run in DIR with its fitted params as 3D
+                                     labels (fits with residual > MAX_RESIDUAL px, and failed ones, stay 2D-only)
+``tfds:NAME[:SPLIT[:DATA_DIR]]``     TFDS ``the300w_lp`` / ``aflw2k3d`` through ``tfds.data_source``
+``synthetic_groups:N_IDS:K[:SEED]``  N_IDS synthetic identities x K frames (shared shape and albedo, own pose,
+                                     expression, light, background), grouped (``group_size`` K), 3D labels
+``groups:K:SPEC``                    a crops folder made from other images (``meta.npz`` ``source_name``, e.g.
+                                     by ``jface.data.profiling``) as groups of K examples of one origin image
+``clips:DIR[:K]``                    clips ``DIR/<clip>/<frame>.jpg|png`` + ``<frame>.pts`` (iBUG 68 points) as
+                                     groups of K (default 2) consecutive frames of one clip (2D-only)
+===================================  ==========================================================================
+
+Grouped sources (the last three; ``jface.data.groups``) are for multi-frame methods (PGN): indices
+``[g K, (g + 1) K)`` are K frames of one identity, examples carry ``group`` (int identity index), and
+``jface.data.pipeline.Loader`` batches whole groups.
 """
 from __future__ import annotations
 
@@ -21,7 +31,8 @@ import os
 
 from jface.core.face_model import MissingAssetError
 
-KINDS = ("synthetic", "synthetic2d", "crops", "mat", "aflw_wild", "folder", "fitted", "tfds")
+KINDS = ("synthetic", "synthetic2d", "crops", "mat", "aflw_wild", "folder", "fitted", "tfds", "synthetic_groups",
+         "groups", "clips")
 
 
 class HideParams:
@@ -29,6 +40,8 @@ class HideParams:
 
   def __init__(self, source):
     self.source = source
+    if hasattr(source, "group_size"):
+      self.group_size = source.group_size
 
   def __len__(self):
     return len(self.source)
@@ -46,6 +59,8 @@ class Cached:
 
   def __init__(self, source):
     self.source, self._memo = source, {}
+    if hasattr(source, "group_size"):
+      self.group_size = source.group_size
 
   def __len__(self):
     return len(self.source)
@@ -88,6 +103,28 @@ def build_source(spec: str, model=None):
     raise ValueError(f"empty data spec; expected one of: {', '.join(k + ':...' for k in KINDS)}")
   kind, _, rest = spec.partition(":")
   args = rest.split(":") if rest else []
+  if kind == "groups":
+    from jface.data.groups import GroupedSource
+    k, _, inner = rest.partition(":")
+    if not k.isdigit() or int(k) < 1 or not inner:
+      raise ValueError(f"data spec {spec!r}: expected groups:K:SPEC (e.g. groups:4:crops:DIR)")
+    src = build_source(inner, model)
+    origins = origin_names(inner)
+    if origins is None:
+      raise ValueError(f"data spec {spec!r}: groups need a crops folder with meta.npz source_name (e.g. from "
+                       "python -m jface.data.profiling)")
+    return GroupedSource(src, origins, int(k), what=f"data spec {spec!r}")
+  if kind == "synthetic_groups":
+    from jface.data.synthetic_faces import SyntheticGroups
+    if not 2 <= len(args) <= 3 or not all(a.isdigit() for a in args) or int(args[1]) < 1:
+      raise ValueError(f"data spec {spec!r}: expected synthetic_groups:N_IDS:K[:SEED]")
+    return _cached_if_small(SyntheticGroups(int(args[0]), int(args[1]), seed=int(args[2]) if len(args) > 2 else 0,
+                                            model=model if model is not None and model.name == "synthetic" else None))
+  if kind == "clips":
+    from jface.data.groups import ClipsSource
+    if not 1 <= len(args) <= 2 or (len(args) == 2 and (not args[1].isdigit() or int(args[1]) < 1)):
+      raise ValueError(f"data spec {spec!r}: expected clips:DIR[:K]")
+    return ClipsSource(_need_dir(args[0], spec), int(args[1]) if len(args) > 1 else 2)
   if kind in ("synthetic", "synthetic2d"):
     from jface.data.synthetic_faces import SyntheticFaces
     if not args or not args[0].isdigit():

@@ -20,6 +20,10 @@ positions and stay labelled), ``roi_box`` = (0, 0, 120, 120) (the crop is the wh
 With ``labels="2d"`` the same images come as a 2D-only source (``has_params`` False, params zeros, source
 "synthetic2d"), for the in-the-wild stream of 2DASL.
 
+``SyntheticGroups(n_ids, k, seed)`` (spec ``synthetic_groups:N_IDS:K[:SEED]``) renders k frames per identity
+(shared shape coefficients and albedo, own pose / expression / light / background / noise) as a grouped source
+(``group_size = k``, examples with ``group`` = identity) for multi-frame methods (PGN).
+
 ``python -m jface.data.synthetic_faces --grid docs/synthetic_face.png`` saves a grid of samples with landmarks.
 """
 from __future__ import annotations
@@ -152,6 +156,11 @@ class SyntheticFaces:
     rng = np.random.default_rng([self.seed, i])
     p = synthetic.sample_params(rng, 1, crop_size=self.size)[0]
     tex = self._albedo(rng)
+    return self._render(rng, p, tex, f"synthetic_{i:06d}", "synthetic" if self.labels == "3d" else "synthetic2d")
+
+  def _render(self, rng: np.random.Generator, p: np.ndarray, tex: np.ndarray, name: str, source: str) -> dict:
+    """The example of raw params ``p`` (62,) and albedo ``tex`` (N, 3); light, background, blur and noise are
+    drawn from ``rng`` (in this order)."""
     az, el = np.radians(rng.uniform(-60, 60)), np.radians(rng.uniform(-25, 55))
     light = np.array([np.sin(az) * np.cos(el), -np.sin(el), np.cos(az) * np.cos(el)])
     tint = rng.uniform(0.9, 1.1, 3)
@@ -175,9 +184,49 @@ class SyntheticFaces:
         landmarks_mask=np.ones(68, bool),
         roi_box=np.array([0, 0, self.size, self.size], np.float32),
         yaw=np.float32(_rotation_angles(p)[0]),
-        source="synthetic" if three_d else "synthetic2d",
-        name=f"synthetic_{i:06d}",
+        source=source,
+        name=name,
     )
+
+
+class SyntheticGroups(SyntheticFaces):
+  """``n_ids`` synthetic identities x ``k`` frames: a grouped source (``group_size = k``, see
+  ``jface.data.pipeline``) for multi-frame methods (PGN).
+
+  Index ``i k + j`` is frame j of identity i. The identity -- shape coefficients (raw params 12:52) and albedo
+  (skin / hair / eye colours and blotches) -- comes from ``default_rng([seed, i, 0])``; each frame draws its own
+  pose, scale, shift, expression (raw params 0:12 and 52:62), light, background, blur and noise from
+  ``default_rng([seed, i, j + 1])``. Examples are ``SyntheticFaces``' (labels with the synthetic model) plus
+  ``group`` = i (int); ``source`` "synthetic_groups" (``labels="2d"``: "synthetic_groups2d"), ``name``
+  "synthetic_groups_IIIIII_JJ".
+  """
+
+  def __init__(self, n_ids: int, k: int, seed: int = 0, size: int = CROP_SIZE, model: Optional[FaceModel] = None,
+               labels: str = "3d"):
+    if n_ids < 0 or k < 1:
+      raise ValueError(f"SyntheticGroups: need n_ids >= 0 and k >= 1, got {n_ids}, {k}")
+    super().__init__(int(n_ids) * int(k), seed=seed, size=size, model=model, labels=labels)
+    self.n_ids, self.group_size = int(n_ids), int(k)
+
+  def identity(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Identity i -> (shape coefficients (40,) raw, albedo (N, 3) in [0, 1])."""
+    rng = np.random.default_rng([self.seed, int(i), 0])
+    shp = synthetic.sample_params(rng, 1, crop_size=self.size)[0, 12:52]
+    return shp, self._albedo(rng)
+
+  def __getitem__(self, idx: int) -> dict:
+    idx = int(idx)
+    if not 0 <= idx < self.n:
+      raise IndexError(f"SyntheticGroups index {idx} out of range [0, {self.n})")
+    i, j = divmod(idx, self.group_size)
+    shp, tex = self.identity(i)
+    rng = np.random.default_rng([self.seed, i, j + 1])
+    p = synthetic.sample_params(rng, 1, crop_size=self.size)[0]
+    p[12:52] = shp
+    source = "synthetic_groups" if self.labels == "3d" else "synthetic_groups2d"
+    ex = self._render(rng, p, tex, f"synthetic_groups_{i:06d}_{j:02d}", source)
+    ex["group"] = i
+    return ex
 
 
 def grid(n: int = 8, seed: int = 1, cols: int = 4, landmarks: bool = True) -> np.ndarray:

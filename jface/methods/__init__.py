@@ -11,7 +11,8 @@ from jface.methods.base import FaceOutput, Method, Stream, TrainState
 __all__ = ["FaceOutput", "Method", "Stream", "TrainState", "NAMES", "get", "of_config"]
 
 # name -> module defining METHOD (imported on first use, so a method's dependencies load only when it is used)
-_MODULES = {"2dasl": "jface.methods.twodasl.method", "prnet": "jface.methods.prnet.method"}
+_MODULES = {"2dasl": "jface.methods.twodasl.method", "prnet": "jface.methods.prnet.method",
+            "pgn": "jface.methods.pgn.method"}
 NAMES = tuple(_MODULES)
 
 

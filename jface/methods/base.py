@@ -77,6 +77,9 @@ class Method:
     input_fields: ``(config) -> tuple[str, ...]`` extra predict inputs beyond ``image``, e.g.
       ("flm_landmarks", "landmarks_mask") for a model with a landmark-map input; () for an RGB-only model.
     describe: ``(config) -> str`` one line for the training log.
+    stages: None, or ``(config) -> [(name, config), ...]`` for a config that trains several stages in turn
+      (``jface.training.train_stages``: one sub-workdir each, each initialised from the previous), or [] when
+      the config trains one stage.
   """
   name: str
   check_config: Callable
@@ -87,3 +90,4 @@ class Method:
   streams: Callable
   input_fields: Callable
   describe: Callable
+  stages: Optional[Callable] = None

@@ -10,8 +10,9 @@ from jface.train import checkpoint
 def load_checkpoint(workdir: str, which: str = "latest"):
   """-> (config, method, TrainState on the host) of a workdir written by ``jface.training``.
 
-  ``which``: "latest" or "best". Raises ``CheckpointError`` (one line) when nothing loadable is there.
+  ``which``: "latest" or "best". A staged workdir (PGN) loads its final stage. Raises ``CheckpointError`` (one line) when nothing loadable is there.
   """
+  workdir = checkpoint.resolve_workdir(workdir)
   config = checkpoint.read_config(workdir)
   method = of_config(config)
   path = os.path.abspath(os.path.join(workdir, checkpoint.BEST if which == "best" else checkpoint.LATEST))

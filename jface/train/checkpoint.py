@@ -103,7 +103,21 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     f.write(config.to_json(indent=2))
 
 
+STAGES_FILE = "stages.json"  # a staged workdir (one sub-workdir per training stage): {"stages": [...], "final": ...}
+
+
+def resolve_workdir(workdir: str) -> str:
+  """A staged workdir (``STAGES_FILE``, e.g. PGN's three stages) -> its final stage's sub-workdir; else itself."""
+  path = os.path.join(workdir, STAGES_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return os.path.join(workdir, json.load(f)["final"])
+  return workdir
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` of a workdir (of its final stage for a staged one)."""
+  workdir = resolve_workdir(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise CheckpointError(f"no checkpoint at {workdir}: expected a train.py workdir with config.json and "

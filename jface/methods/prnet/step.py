@@ -22,7 +22,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from jface.core import uv as uv_lib
@@ -30,6 +29,7 @@ from jface.core.face_model import N_PARAMS, FaceModel
 from jface.methods.base import Batch, TrainState
 from jface.methods.prnet import losses, targets
 from jface.methods.prnet.uv_layout import Layout, layout as get_layout
+from jface.models.init import glorot_variables
 from jface.models.resfcn import ResFCN, TemplateResFCN
 from jface.train import optim, parallel
 
@@ -78,15 +78,9 @@ def apply_net(net, variables: dict, x: jax.Array, face: FaceModel, lay: Layout, 
 
 
 def init_variables(net: ResFCN, size: int, seed: int) -> dict:
-  """ResFCN's initial variables, drawn on the host with numpy (``np.random.default_rng(seed)``, leaves in
-  flatten order): what ``net.init`` gives in distribution -- every kernel Glorot-uniform (TF-slim's xavier,
-  ``U(-b, b)``, ``b = sqrt(6 / (fan_in + fan_out))``, fans = receptive field x channels: symmetric in in / out,
-  so conv (HWIO) and transposed-conv (4, 4, out, in) kernels are alike), batch-norm scales and variances 1,
-  biases and means 0; the tree (names, shapes, dtypes) is ``net.init``'s own (``jax.eval_shape``).
-
-  Why not ``jax.jit(net.init)``: XLA:CPU compiles the ~80 random kernel draws for 10-25 s (measured on the
-  2-core machine at width 1/8; with the rbg PRNG ~5-10 s), and every workdir load (evaluate, predict) pays it
-  again for the template. Deterministic in ``seed`` on every backend.
+  """ResFCN's initial variables, drawn on the host with numpy (``jface.models.init.glorot_variables``: what
+  ``net.init`` gives in distribution, without compiling the draws); the tree (names, shapes, dtypes) is
+  ``net.init``'s own (``jax.eval_shape``). Deterministic in ``seed`` on every backend.
   """
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   extra = ()
@@ -94,28 +88,11 @@ def init_variables(net: ResFCN, size: int, seed: int) -> dict:
     extra = (jax.ShapeDtypeStruct((size, size, 3), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32))
   shapes = jax.eval_shape(functools.partial(net.clone(bn_axis_name=None).init, train=False),
                           jax.random.PRNGKey(0), x, *extra)
-  rng = np.random.default_rng(seed)
   last_bn = f"bn{len(resfcn_decoder_layers())}"
 
-  def draw(path, leaf):
-    name = str(getattr(path[-1], "key", path[-1]))
-    keys = [str(getattr(p, "key", p)) for p in path]
-    shape, dtype = leaf.shape, leaf.dtype
-    if extra and ("affine" in keys or (name == "scale" and last_bn in keys and "decoder" in keys)):
-      draw_zero = jnp.zeros(shape, dtype)
-      if name == "kernel":
-        rng.uniform(size=shape)  # keep the other leaves' draws as without the head
-      return draw_zero
-    if name == "kernel":
-      receptive = int(np.prod(shape[:-2]))
-      bound = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
-      return jnp.asarray(rng.uniform(-bound, bound, size=shape), dtype)
-    if name in ("scale", "var"):
-      return jnp.ones(shape, dtype)
-    if name in ("bias", "mean"):
-      return jnp.zeros(shape, dtype)
-    raise ValueError(f"init_variables: no rule for the ResFCN variable {jax.tree_util.keystr(path)}")
-  return jax.tree_util.tree_map_with_path(draw, shapes)
+  def zero(keys, name):  # TemplateResFCN: zero affine head and last decoder BN scale (the map starts at the template)
+    return bool(extra) and ("affine" in keys or (name == "scale" and last_bn in keys and "decoder" in keys))
+  return glorot_variables(shapes, seed, zero)
 
 
 def resfcn_decoder_layers() -> list:
