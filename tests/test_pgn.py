@@ -189,3 +189,21 @@ def test_end_to_end_stages_evaluate_predict(tmp_path, face):
   chex.assert_shape([out.landmarks, out.vertices, out.params, out.pose],
                     [(2, 68, 3), (2, face.n_vertices, 3), (2, 62), (2, 3)])
   assert np.all(np.isfinite(out.vertices))
+
+
+def test_four_devices_equal_one_device():
+  """A PGN stage-3 step (texture swap, census, flow, features; identity fused over each group) on 4 forced CPU
+  devices == on 1 device, same global batch of 4 groups x 2 frames: gradients are averaged over 'data' and every
+  device holds whole groups (subprocess: tests/helpers/dp_equivalence.py pgn)."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=root)
+  out = subprocess.run([sys.executable, os.path.join(root, "tests", "helpers", "dp_equivalence.py"), "pgn"],
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [ln for ln in out.stdout.splitlines() if ln.startswith("update_rel")][-1]
+  params = float(line.split()[1])
+  metrics = float([ln for ln in out.stdout.splitlines() if ln.startswith("max_rel_diff")][-1].split()[4])
+  assert params < 1e-3 and metrics < 1e-4, out.stdout
