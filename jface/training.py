@@ -69,8 +69,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.data.get("flm_file") and "train_3d" in sources:
     from jface.data.flm_alt import WithAltLandmarks
     sources["train_3d"] = WithAltLandmarks(sources["train_3d"], config.data.flm_file)
-  dev, train_idx = _dev_evaluator(config, method, face, len(sources.get("train_3d", ())))
-  if train_idx is not None:
+  n_3d = len(sources["train_3d"]) if "train_3d" in sources else (
+      len(registry.build_source(config.data.train_3d, face)) if config.data.get("holdout") else 0)
+  dev, train_idx = _dev_evaluator(config, method, face, n_3d)  # the hold-out comes from train_3d, read or not
+  if train_idx is not None and "train_3d" in sources:
     sources["train_3d"] = Subset(sources["train_3d"], train_idx)
   if config.data.get("extra_3d") and "train_3d" in sources:
     sources["train_3d"] = with_extra_3d(sources["train_3d"], config, face, train_idx)

@@ -162,3 +162,11 @@ def test_aflw2000_points21(train_dir):
   d = np.linalg.norm(pts - gt, axis=-1)[known]
   size = np.sqrt(np.prod(gt.max(1) - gt.min(1), -1))
   assert np.median(d / np.repeat(size, known.sum(1))) < 0.05  # the AFLW points lie near their iBUG twins
+
+
+def test_missing_fitted_folder_names_the_command(tmp_path):
+  """A ``fitted:`` spec whose folder does not exist says in one line which folder and the command that makes it."""
+  from jface.core.face_model import MissingAssetError
+  from jface.data import registry
+  with pytest.raises(MissingAssetError, match=r"missing pseudo-label folder .*nope.*python -m jface.data.fit_labels"):
+    registry.build_source(f"fitted:{tmp_path}/nope:3", None)

@@ -154,7 +154,11 @@ def build_source(spec: str, model=None):
     from jface.data.fit_labels import FittedSource
     if not args or len(args) > 2:
       raise ValueError(f"data spec {spec!r}: expected fitted:DIR[:MAX_RESIDUAL]")
-    return FittedSource(_need_dir(args[0], spec), float(args[1]) if len(args) > 1 else None, model=model)
+    if not os.path.isdir(args[0]):
+      raise MissingAssetError(f"missing pseudo-label folder {args[0]} (from data spec {spec!r}); make it with "
+                              f"python -m jface.data.fit_labels --data aflw_wild:../shared/data/aflw_wild --out {args[0]} "
+                              "(README, 'pseudo-3D labels')")
+    return FittedSource(args[0], float(args[1]) if len(args) > 1 else None, model=model)
   if kind == "tfds":
     from jface.data.tfds_sources import TFDSSource
     if not args:
