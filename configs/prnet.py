@@ -31,19 +31,19 @@ Variants (``get_config(arg)``):
   spatial layout; with Adam 1e-3 over 150 steps dev NME was 34.0, with 2e-3 over 400 steps 15.42; width 1/2 learned
   faster per step (loss 13.8 at step 100 against 15.6) at twice the time per step; the squared loss ("mse", 1e-3,
   100 steps) stayed on the same plateau.
-* ``:cpu`` -- the 2-core-CPU scale on ``../shared/data``: 3D labels from the 800 ``aflw2000_3d_train`` crops
-  (``.mat`` fits), dev ``aflw2000_3d_dev``, the BFM layout at 128 x 128 (weights and keypoints of PRNet's
-  256 x 256 assets resampled), ResFCN width 1/4, batch 16, Adam 1e-3 falling 10x, augmentation on. Only checked to
-  start, evaluate and checkpoint at first (``--config.num_steps=20``: ~31 img/s); then one full run
-  (``python train.py --config configs/prnet.py:cpu --workdir W``, 2026-12-02, 36 min 02 s on the 2-core machine,
-  partly beside a CI run): dev 2D NME mean of bins 11.194 (7.673 / 10.631 / 15.278), 3D 16.014, ICP 4.825, still
-  improving at the end. It underfits (11.427 on its own training crops). Probes on a train hold-out (1000 steps,
-  64 x 64): Adam 3e-3 learned fastest; a second run with it plus 1739 profiled crops (``--config.optimizer.
-  learning_rate=3e-3 --config.data.extra_3d=crops:DIR``, hold-out 100, 25 min 38 s) scored dev 10.559 (9.951 /
-  10.311 / 11.414) with worse dense metrics (docs/RESULTS.md, "PRNet"). Best so far: Adam 3e-3 plus the 9,284
-  pseudo-labelled wild crops (``python -m jface.data.fit_labels ...``, then ``--config.optimizer.learning_rate=3e-3
-  --config.data.extra_3d=fitted:W:3``, hold-out 100, 29 min 44 s): dev 2D NME **8.074** (5.709 / 8.379 / 10.133),
-  3D 12.782, dense 2D 10.413, ICP 3.942.
+* ``:cpu`` -- the 2-core-CPU scale on ``../shared/data``, the run users should take: 3D labels from 700 of the 800
+  ``aflw2000_3d_train`` crops (``.mat`` fits; 100 held out to choose checkpoints, never dev) plus the 9,284
+  pseudo-labelled wild crops (``WILD_FITS``, made once by the two commands above it; fits over 3 px residual left
+  out), the BFM layout at 128 x 128 (PRNet's 256 x 256 weights and keypoints resampled), ResFCN width 1/4, batch 16,
+  Adam 3e-3 falling 10x over 10,000 steps, augmentation on. Command: ``python train.py --config
+  configs/prnet.py:cpu --workdir W``, then ``python evaluate.py --dataset aflw2000_3d --data_dir
+  ../shared/data/aflw2000_3d_dev --checkpoint W --dense_bases_dir ../shared/data/3dmm_dense --out W/eval_dev``.
+  Measured (2026-12-02, 2-core machine shared with other jobs the whole time, load 4-8: 2 h 06 min wall, ~1 h
+  alone): dev 2D NME mean of bins **5.978** (4.166 / 5.987 / 7.781), 3D 9.565, dense 2D 8.794, dense 3D 12.776,
+  ICP 3.220; below 2DASL's RGB-only ``:cpu_base`` (7.304), not below the FAN landmarks (5.496).
+  How it was found (docs/RESULTS.md, "PRNet"): the first ``:cpu`` (Adam 1e-3, 4000 steps, 800 crops) scored
+  11.194 and underfit; probes on a train hold-out (1000 steps, 64 x 64) chose Adam 3e-3; 4000 steps with the
+  profiled crops scored 10.559, with the wild pseudo-labels 8.074, and the same for 10,000 steps 5.978.
 
 Options not in the paper: ``--config.head=template`` (``TemplateResFCN``: the mean face's map turned by a predicted
 affine map plus the decoder's bounded residual; it starts at the mean face but learned no faster in a 1000-step
@@ -57,6 +57,11 @@ from __future__ import annotations
 import ml_collections
 
 VARIANTS = ("default", "smoke", "cpu")
+# :cpu's extra 3D labels: the wild crops' pseudo-3D fits, made once by (README, "pseudo-3D labels"; ~1 h on 2 cores)
+#   python -m jface.data.fit_labels mesh --data aflw_wild:../shared/data/aflw_wild --out WILD_FITS/wild_mesh68.npz
+#   python -m jface.data.fit_labels --data aflw_wild:../shared/data/aflw_wild --out WILD_FITS \
+#       --landmarks WILD_FITS/wild_mesh68.npz
+WILD_FITS = "~/.cache/jface/wild_fits"
 SHARED = "../shared/data"  # the shared/ data folder beside the repository (override the data.* fields)
 TFDS_300W_LP_IMAGES = 61_225  # TFDS the300w_lp "train" (300W-LP without its flipped copies)
 
@@ -132,17 +137,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.checkpoint_every = 100
   if variant == "cpu":
+    import os
     c.data.train_3d = f"crops:{SHARED}/aflw2000_3d_train"
+    c.data.extra_3d = f"fitted:{os.path.expanduser(WILD_FITS)}:3"  # fits with residual > 3 px stay out
+    c.data.holdout = 100  # checkpoints chosen on 100 train images, never on dev
     c.data.dev = f"crops:{SHARED}/aflw2000_3d_dev"
     c.image_size = 128
     c.model_kwargs = {"width_mult": 0.25, "bn_momentum": 0.9}
     c.batch_size = 16
-    c.num_steps = 4000
-    c.optimizer.learning_rate = 1e-3
+    c.num_steps = 10000
+    c.optimizer.learning_rate = 3e-3
     c.optimizer.decay_rate = 0.1
     c.optimizer.decay_steps = 0
     c.optimizer.staircase = False
     c.log_every = 50
-    c.eval_every = 500
+    c.eval_every = 1000
     c.checkpoint_every = 250
   return c
