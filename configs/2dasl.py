@@ -53,7 +53,8 @@ Variants (``get_config(arg)``):
   4000 steps with a 100-image hold-out of the train split for checkpoint selection. Measured as the "L3d weights"
   run of docs/RESULTS.md (2026-12-02, ~8 min): dev 2D NME **4.938** (4.410 / 5.262 / 5.144), 3D 7.449, dense 3D
   6.406, ICP 2.058. More data (profiled crops, wild pseudo-labels) made it worse at equal steps (5.236, 5.871).
-  Command: ``python train.py --config configs/2dasl.py:cpu_best --workdir W``. One seed only so far.
+  Command: ``python train.py --config configs/2dasl.py:cpu_best --workdir W``. Three seeds (0, 1, 2; ~7 min each
+  alone): dev 2D NME **5.027 +- 0.078** (4.938 / 5.059 / 5.084), 3D 7.573 +- 0.140 (docs/RESULTS.md).
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
