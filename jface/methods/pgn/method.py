@@ -21,6 +21,7 @@ from jface.methods.base import FaceOutput, Method, Stream, TrainState
 from jface.methods.pgn import step
 from jface.methods.pgn.model import LANDMARK_HEADS, PGNNet
 from jface.methods.prnet import targets
+from jface.methods.prnet.method import check_uv_assets
 from jface.models.resfcn import DOWNSAMPLE
 
 FIELDS_3D = ("image", "params")
@@ -52,12 +53,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if k < 2 or config.stage3.batch_size % k:
       raise ValueError(f"stage 3 needs group_size >= 2 dividing stage3.batch_size, got {k} and "
                        f"{config.stage3.batch_size}")
-  if config.bfm_dir != "synthetic":
-    if not config.get("dense_bases_dir"):
-      raise ValueError("config.dense_bases_dir is empty: PGN's meshes need the BFM's dense bases "
-                       "(w_shp_sim.npy / w_exp_sim.npy; python -m jface.core.dense_bases fetch)")
-    if not config.get("prnet_uv_dir"):
-      raise ValueError("config.prnet_uv_dir is empty: PRNet's uv-data folder (uv_kpt_ind.txt, the weight masks)")
+  check_uv_assets(config, "PGN's meshes")
 
 
 def stages(config) -> list:

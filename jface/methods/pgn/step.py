@@ -27,9 +27,8 @@ solved in closed form; ``compose_params(T, a_shp, a_exp)`` whitened = the 62 par
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,27 +43,15 @@ from jface.methods.base import Batch, TrainState
 from jface.methods.pgn import flow, losses, photometric, pose, render
 from jface.methods.pgn.model import PGNNet
 from jface.methods.prnet import targets
+from jface.methods.prnet.step import Modules, image_size  # the same static parts (net, tx, UV layout) and input side
 from jface.methods.prnet.uv_layout import Layout, layout as get_layout
 from jface.models.init import glorot_variables
 from jface.train import optim, parallel
 
-DEFAULT_IMAGE_SIZE = 256
 STAGES = (1, 2, 3)
 MF_TERMS = ("lp", "lp-", "lf", "ls")  # multi-frame terms: census photometric, plain L1 photometric, flow, semantic
 Z_MARGIN = 0.05  # of S: the deepest landmark's target z (keeps the sigmoid off its flat end)
 TRAINED = {1: ("encoder", "decoder", "lm_fc1", "lm_fc2"), 2: ("id_head", "exp_head"), 3: ("id_head", "exp_head")}
-
-
-@dataclasses.dataclass(frozen=True)
-class Modules:
-  """The static parts of a PGN run (closed over by the jitted step and predict)."""
-  net: Any
-  tx: Any
-  layout: Layout
-
-
-def image_size(config) -> int:
-  return int(config.get("image_size", DEFAULT_IMAGE_SIZE))
 
 
 def mf_terms(config) -> tuple[str, ...]:

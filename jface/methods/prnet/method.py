@@ -39,12 +39,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.image_size must be a positive multiple of {DOWNSAMPLE} (ResFCN), got {size}")
   if config.get("loss", "distance") not in losses.KINDS:
     raise ValueError(f"config.loss must be one of {', '.join(losses.KINDS)}, got {config.loss!r}")
-  if config.bfm_dir != "synthetic":
-    if not config.get("dense_bases_dir"):
-      raise ValueError("config.dense_bases_dir is empty: PRNet's targets need the BFM's dense bases "
-                       "(w_shp_sim.npy / w_exp_sim.npy; python -m jface.core.dense_bases fetch)")
-    if not config.get("prnet_uv_dir"):
-      raise ValueError("config.prnet_uv_dir is empty: PRNet's uv-data folder (uv_kpt_ind.txt, the weight masks)")
+  check_uv_assets(config, "PRNet's targets")
+
+
+def check_uv_assets(config, who: str) -> None:
+  """A BFM config (not "synthetic") names the dense bases and PRNet's uv-data (the UV layout's keypoints and
+  weights); ``ValueError`` (one line, starting with ``who``'s need) otherwise. Shared by PRNet and PGN."""
+  if config.bfm_dir == "synthetic":
+    return
+  if not config.get("dense_bases_dir"):
+    raise ValueError(f"config.dense_bases_dir is empty: {who} need the BFM's dense bases "
+                     "(w_shp_sim.npy / w_exp_sim.npy; python -m jface.core.dense_bases fetch)")
+  if not config.get("prnet_uv_dir"):
+    raise ValueError("config.prnet_uv_dir is empty: PRNet's uv-data folder (uv_kpt_ind.txt, the weight masks)")
 
 
 def streams(config) -> tuple[Stream, ...]:
