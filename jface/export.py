@@ -12,7 +12,8 @@ with ``--onnx``, ``DIR/predict.onnx`` (jax2onnx; ``pip install -e '.[onnx]'``). 
 ONNX (jax2onnx 0.17): a fixed batch (``--onnx_batch``, default 1; a symbolic one mis-converts 3DMM reshapes),
 checked in onnxruntime against jax before it is written. Converts: 2DASL (ResNet or CNN, RGB or RGB + landmark
 map; the map is drawn in the graph). Does not convert yet (one line says why; ``predict.jax`` is still written):
-PRNet (ResFCN's ``ConvTranspose(transpose_kernel=True)`` and the batched 3 x 3 SVD of the pose fit).
+PRNet (ResFCN's ``ConvTranspose(transpose_kernel=True)`` and the batched 3 x 3 SVD of the pose fit), 2DASL with
+``fit_start`` (the landmark fit's loops with traced trip counts).
 
 The function is the method's ``make_predict_fn`` as ``jface.inference.predictor.Predictor.predict_crops`` runs
 it, on face crops (what ``Predictor.find_faces`` returns as ``FaceCrop.crop``); the batch size B is symbolic.

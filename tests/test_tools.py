@@ -26,7 +26,11 @@ def test_table_rows_from_results(tmp_path):
   json.dump({"step": 16000, "elapsed_s": 2712.0}, open(run / "results.json", "w"))
   lines = tool.table(str(tmp_path)).splitlines()
   assert len(lines) == 3  # header, rule, the one finished variant (the others have no results yet)
-  assert lines[2] == "| `:cpu_base` base (RGB, L3d) | 3.000 | 4.500 | 6.250 | **4.583** | 4.100 | 7.13 | 16000 | 45 min |"
+  assert lines[2] == ("| `:cpu_base` base (RGB, L3d) | 3.000 | 4.500 | 6.250 | **4.583** | 4.100 | 7.13 | — | — | — "
+                      "| 16000 | 45 min |")
+  json.dump({"nme_2d_68": nme, "nme_3d_68": {"overall": 7.126, "mean_of_bins": 7.5}, "nme_dense_3d":
+             {"mean_of_bins": 6.25}, "nme_icp": {"mean_of_bins": 2.0}}, open(run / "eval_dev" / "results.json", "w"))
+  assert tool.table(str(tmp_path)).splitlines()[2].endswith("| 7.13 | 7.500 | 6.250 | 2.000 | 16000 | 45 min |")
 
 
 def test_missing_dev_split_is_one_line(tmp_path, capsys):
@@ -41,12 +45,14 @@ def test_overrides_after_double_dash_reach_train(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
   (tmp_path / "dev").mkdir()
-  assert tool.main(["--root", str(tmp_path), "--variants", "cpu_sc", "--dev_dir", str(tmp_path / "dev"), "--",
-                    "--config.num_steps=3"]) == 0
+  (tmp_path / "dense").mkdir()
+  assert tool.main(["--root", str(tmp_path), "--variants", "cpu_sc", "--dev_dir", str(tmp_path / "dev"),
+                    "--dense_bases_dir", str(tmp_path / "dense"), "--", "--config.num_steps=3"]) == 0
   train, evaluate = calls
   assert train[1:] == ["train.py", "--config=configs/2dasl.py:cpu_sc", f"--workdir={tmp_path}/cpu_sc",
                        "--config.num_steps=3"]
   assert evaluate[1] == "evaluate.py" and evaluate[evaluate.index("--out") + 1] == f"{tmp_path}/cpu_sc/eval_dev"
+  assert evaluate[evaluate.index("--dense_bases_dir") + 1] == f"{tmp_path}/dense"
 
 
 def test_anchor_errors_reproduce_the_oracle(dev_dir, bfm_dir):

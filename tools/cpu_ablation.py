@@ -8,9 +8,10 @@ r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs
 
 For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config configs/2dasl.py:V --workdir ROOT/V``
 (resumes from ``ROOT/V`` when interrupted; a finished run is not retrained), then ``python evaluate.py
---checkpoint ROOT/V --data_dir DEV --out ROOT/V/eval_dev`` on the final (latest) checkpoint. The table reads
-``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT: 2D NME per |yaw| bin, the
-mean of bins and overall; 3D NME overall) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
+--checkpoint ROOT/V --data_dir DEV --dense_bases_dir DENSE --out ROOT/V/eval_dev`` on the final (latest)
+checkpoint (``--which best``: the one the hold-out chose). The table reads ``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT:
+2D NME per |yaw| bin, the mean of bins and overall; 3D NME overall and mean of bins; with the dense bases, dense
+3D and ICP reconstruction NME, mean of bins) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
 all resumed pieces summed, compilation and dev evaluations included). Extra ``--config.*`` overrides after ``--``
 go to every train.py call.
 """
@@ -32,21 +33,27 @@ LABELS = {"cpu_base": "base (RGB, L3d)", "cpu_cyc": "cyc (RGB+FLM, self-supervis
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_variant(variant: str, root: str, dev_dir: str, overrides: list[str]) -> None:
+def run_variant(variant: str, root: str, dev_dir: str, overrides: list[str], dense_dir: str = "",
+                which: str = "latest") -> None:
   workdir = os.path.join(root, variant)
   train = [sys.executable, "train.py", f"--config=configs/2dasl.py:{variant}", f"--workdir={workdir}", *overrides]
   print("$", " ".join(train[1:]), flush=True)
   subprocess.run(train, cwd=REPO, check=True)
   ev = [sys.executable, "evaluate.py", "--checkpoint", workdir, "--data_dir", dev_dir,
         "--out", os.path.join(workdir, "eval_dev")]
+  if dense_dir:
+    ev += ["--dense_bases_dir", dense_dir]
+  if which != "latest":
+    ev += ["--which", which]
   print("$", " ".join(ev[1:]), flush=True)
   subprocess.run(ev, cwd=REPO, check=True)
 
 
 def table(root: str, variants=VARIANTS + EXTRA) -> str:
-  """Markdown rows ``| variant | 2D bins | 2D mean of bins | 2D overall | 3D overall | steps | wall-clock |``."""
-  lines = ["| variant | [0,30] | (30,60] | (60,90] | mean of bins | overall | 3D overall | steps | wall-clock |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  """Markdown rows ``| variant | 2D bins | 2D mean of bins | 2D overall | 3D overall | 3D | dense 3D | ICP | steps |
+  wall-clock |`` (3D, dense 3D, ICP: mean of bins; "—" when not evaluated)."""
+  lines = ["| variant | [0,30] | (30,60] | (60,90] | mean of bins | overall | 3D overall | 3D | dense 3D | ICP | steps "
+           "| wall-clock |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for v in variants:
     ev_path = os.path.join(root, v, "eval_dev", "results.json")
     tr_path = os.path.join(root, v, "results.json")
@@ -55,11 +62,13 @@ def table(root: str, variants=VARIANTS + EXTRA) -> str:
     res = json.load(open(ev_path))
     nme, nme3 = res["nme_2d_68"], res.get("nme_3d_68") or {}
     overall3 = f"{nme3['overall']:.2f}" if nme3.get("overall") is not None else "—"
+    shape = " | ".join(f"{(res.get(k) or {})['mean_of_bins']:.3f}" if (res.get(k) or {}).get("mean_of_bins")
+                       is not None else "—" for k in ("nme_3d_68", "nme_dense_3d", "nme_icp"))
     tr = json.load(open(tr_path)) if os.path.exists(tr_path) else {}
     mins = f"{tr['elapsed_s'] / 60:.0f} min" if "elapsed_s" in tr else "?"
     bins = " | ".join(f"{b:.3f}" for b in nme["bins"])
     lines.append(f"| `:{v}` {LABELS.get(v, '')} | {bins} | **{nme['mean_of_bins']:.3f}** | {nme['overall']:.3f} "
-                 f"| {overall3} | {tr.get('step', '?')} | {mins} |")
+                 f"| {overall3} | {shape} | {tr.get('step', '?')} | {mins} |")
   return "\n".join(lines)
 
 
@@ -98,6 +107,10 @@ def main(argv=None) -> int:
                   "finished one")
   ap.add_argument("--dev_dir", default=os.path.join(REPO, "..", "shared", "data", "aflw2000_3d_dev"))
   ap.add_argument("--bfm_dir", default=os.path.join(REPO, "..", "shared", "data", "3dmm"))
+  ap.add_argument("--dense_bases_dir", default=os.path.join(REPO, "..", "shared", "data", "3dmm_dense"),
+                  help="dense bases for the dense 3D / ICP columns (skipped when the folder is absent)")
+  ap.add_argument("--which", default="latest", choices=("latest", "best"),
+                  help="checkpoint to evaluate (best = by the hold-out, with --config.data.holdout=N)")
   ap.add_argument("--table_only", action="store_true")
   ap.add_argument("--ced", default="", help="also write a CED plot of the finished variants and the anchors here")
   args = ap.parse_args(argv)
@@ -108,7 +121,8 @@ def main(argv=None) -> int:
             file=sys.stderr)
       return 2
     for v in args.variants or VARIANTS:
-      run_variant(v, args.root, args.dev_dir, overrides)
+      run_variant(v, args.root, args.dev_dir, overrides,
+                  args.dense_bases_dir if os.path.isdir(args.dense_bases_dir) else "", args.which)
   out = table(args.root)
   print(out)
   with open(os.path.join(args.root, "table.md"), "w") as f:
