@@ -49,12 +49,20 @@ Variants (``get_config(arg)``):
   maps, 6.405 for the whole pipeline on the 200 original photos (99 % of faces found); docs/RESULTS.md, "Real
   photos".
 
-* ``:cpu_best`` -- the recipe to take on 2 CPU cores (issue 14): ``:cpu_base_flm`` (3D-form L3d, the default) for
-  4000 steps with a 100-image hold-out of the train split for checkpoint selection. Measured as the "L3d weights"
-  run of docs/RESULTS.md (2026-12-02, ~8 min): dev 2D NME **4.938** (4.410 / 5.262 / 5.144), 3D 7.449, dense 3D
-  6.406, ICP 2.058. More data (profiled crops, wild pseudo-labels) made it worse at equal steps (5.236, 5.871).
-  Command: ``python train.py --config configs/2dasl.py:cpu_best --workdir W``. Three seeds (0, 1, 2; ~7 min each
-  alone): dev 2D NME **5.027 +- 0.078** (4.938 / 5.059 / 5.084), 3D 7.573 +- 0.140 (docs/RESULTS.md).
+* ``:cpu_best`` = ``:cpu_fit`` -- the recipe to take on 2 CPU cores (issue 14): ``:cpu_base_flm`` (3D-form L3d)
+  whose regressor starts from the 3DMM fit of its landmark-map points and learns the correction (``fit_start``,
+  ``jface/methods/twodasl/fit_start.py``), 4000 steps, a 100-image hold-out of the train split that chooses the
+  checkpoint (``best/``). Commands::
+
+    python train.py --config configs/2dasl.py:cpu_best --workdir W            # ~9 min on 2 cores
+    python evaluate.py --dataset aflw2000_3d --data_dir ../shared/data/aflw2000_3d_dev --checkpoint W \
+        --which best --dense_bases_dir ../shared/data/3dmm_dense --out W/eval_dev
+
+  Measured (2026-12-02, 2-core CPU, three seeds; docs/RESULTS.md "Starting the regressor from the landmark fit"):
+  dev 2D NME 3.356 +- 0.018 (3.373 / 3.357 / 3.338), 3D NME 6.139 +- 0.125, dense 3D 5.559, ICP 1.891; the
+  fit alone scores 3.698 (3D 6.233), the released 2DASL model 3.463 (3D 5.682). Use ``--which best`` with ``predict`` and ``export`` too.
+  The former ``:cpu_best`` (no fit: ``:cpu_base_flm --config.num_steps=4000 --config.data.holdout=100``) scored
+  5.027 +- 0.078 over three seeds (3D 7.573 +- 0.140).
 
 Stage 2 (fine-tuning with the vertex distance cost): ``--config.stage=2 --config.init_from=WORKDIR_OF_STAGE_1``.
 Any field can be overridden on the command line, e.g. ``--config.num_steps=1000``.
@@ -215,7 +223,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.data.flm_dropout = 0.2
   if c.variant in ("cpu_best", "cpu_fit"):  # base+FLM, 3D-form L3d, 4000 steps, chosen on a hold-out
     c.data.holdout = 100
-  if c.variant == "cpu_fit":  # + the regressor starts from the fit of the FAN points (jaw weight chosen on train)
+  if c.variant in ("cpu_best", "cpu_fit"):  # + the regressor starts from the fit of its map's points
     c.fit_start = True
   c.log_every = 50
   c.eval_every = int(round(c.num_steps / 8, -2))

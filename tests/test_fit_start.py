@@ -10,7 +10,7 @@ from jface import methods
 from jface.core import fitting, geometry
 from jface.methods.twodasl.fit_start import landmark_fit, zero_head
 from jface.train import parallel
-from tests.helpers.fakes import fake_batch, fake_config, random_face_model
+from tests.helpers.fakes import fake_batch, fake_config, load_config, random_face_model
 
 
 def test_landmark_fit_recovers_landmarks_and_falls_back_to_the_mean():
@@ -52,7 +52,7 @@ def test_zero_head_zeroes_only_the_head():
 
 
 def test_untrained_model_predicts_the_fit():
-  config = fake_config("cpu_best", fit_start=True, image_size=120)
+  config = fake_config("cpu_base_flm", fit_start=True, image_size=120)
   method = methods.of_config(config)
   mods = method.build(config, bn_axis_name=None)
   state = method.init_state(config, mods)
@@ -63,7 +63,7 @@ def test_untrained_model_predicts_the_fit():
   want = landmark_fit(face, b["flm_landmarks"], b["landmarks_mask"], config.fit_jaw_weight)
   np.testing.assert_allclose(np.asarray(out.params), np.asarray(want), atol=1e-6)
   # without the option the same network does not: its random head moves the output away from 0
-  plain = fake_config("cpu_best", image_size=120)
+  plain = fake_config("cpu_base_flm", image_size=120)
   p_mods = method.build(plain, bn_axis_name=None)
   p_out = method.make_predict_fn(plain, p_mods)(method.init_state(plain, p_mods), face, batch)
   assert float(jnp.max(jnp.abs(p_out.params - want))) > 1e-3
@@ -91,3 +91,11 @@ def test_fit_start_needs_the_landmark_map():
   config = fake_config("cpu_base", fit_start=True)
   with pytest.raises(ValueError, match="use_flm"):
     methods.of_config(config).check_config(config)
+
+
+@pytest.mark.parametrize("variant", ["cpu_best", "cpu_fit"])
+def test_cpu_best_is_the_fit_start_recipe(variant):
+  c = load_config(variant)
+  assert c.fit_start and c.use_flm and not (c.use_cyc or c.use_sc)
+  assert c.data.holdout == 100 and c.num_steps == 4000 and c.l3d_weights == "3d"
+  assert not load_config("cpu_base_flm").fit_start
