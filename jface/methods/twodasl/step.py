@@ -11,6 +11,9 @@ One step (paper Sec. 3, Eq. 1), on a 3D-labelled batch J (images + GT params) an
 5. the regressor takes one optimizer step on L = L3d + l1 L2d-con + l2 L3d-con + l3 Lcyc + l4 Lsc;
 6. encoder + critic take one Adam step on the critic loss with real = (z_J, a*), fake = (z_I, sg(a_I)).
 
+With ``config.fit_start`` every regressor output above (the backward pass's too) is a correction added to the 3DMM
+fit of the points its landmark map is drawn from (``fit_start.landmark_fit``; no gradient through the fit).
+
 Every device runs this on its slice (``jface.train.parallel``); losses and gradients are ``pmean``-ed over 'data'
 and batch norm uses global batch statistics, so N devices compute the same step as one device on the global
 batch. The critic pair and its optimizer state live in ``TrainState.extra`` (``{"adv_params", "adv_opt_state"}``).
