@@ -60,7 +60,10 @@ Variants (``get_config(arg)``):
 
   Measured (2026-12-02, 2-core CPU, three seeds; docs/RESULTS.md "Starting the regressor from the landmark fit"):
   dev 2D NME 3.356 +- 0.018 (3.373 / 3.357 / 3.338), 3D NME 6.139 +- 0.125, dense 3D 5.559, ICP 1.891; the
-  fit alone scores 3.698 (3D 6.233), the released 2DASL model 3.463 (3D 5.682). Use ``--which best`` with ``predict`` and ``export`` too.
+  fit alone scores 3.698 (3D 6.233), the released 2DASL model 3.463 (3D 5.682). These use the benchmark's FAN
+  landmark maps; on whole photos through ``predict``'s detector and face mesh it scores 7.215 (seed 0; ``evaluate.py
+  photos``), worse than ``:cpu_photo`` (6.405), the variant to take for photos without given landmarks.
+  Use ``--which best`` with ``predict`` and ``export`` too.
   The former ``:cpu_best`` (no fit: ``:cpu_base_flm --config.num_steps=4000 --config.data.holdout=100``) scored
   5.027 +- 0.078 over three seeds (3D 7.573 +- 0.140).
 
@@ -82,7 +85,8 @@ def _set_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   variant = variant.removeprefix("cpu_") if variant.startswith("cpu_") else variant
   if variant == "base":
     config.use_flm, config.use_cyc, config.use_sc = False, False, False
-  elif variant in ("base_flm", "photo", "best", "fit"):  # not in the paper: base + the landmark-map input (separates FLM from cyc)
+  elif variant in ("base_flm", "photo", "best", "fit"):  # not in the paper: base + the landmark-map input
+    # (separates FLM from cyc)
     config.use_flm, config.use_cyc, config.use_sc = True, False, False
   elif variant == "cyc":
     config.use_flm, config.use_cyc, config.use_sc = True, True, False
@@ -114,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Start the regressor from the 3DMM fit of its landmark-map points and learn the correction (issue 14, not in the
   # paper; jface.methods.twodasl.fit_start); fit_jaw_weight = the jaw line's weight in that fit.
   c.fit_start = False
-  c.fit_jaw_weight = 0.03
+  c.fit_jaw_weight = 0.03  # = jface.methods.twodasl.fit_start.JAW_WEIGHT
   c.l3d_weights = "3d"  # W of L3d: "3d" (3DDFA WPDC, learns depth; docs/RESULTS.md) or "2d" (the paper's sentence)
 
   c.data = ml_collections.ConfigDict()
@@ -221,9 +225,8 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.data.flm_file = os.path.expanduser(PHOTO_FLM_FILE)
     c.data.flm_alt_prob = 0.5
     c.data.flm_dropout = 0.2
-  if c.variant in ("cpu_best", "cpu_fit"):  # base+FLM, 3D-form L3d, 4000 steps, chosen on a hold-out
-    c.data.holdout = 100
-  if c.variant in ("cpu_best", "cpu_fit"):  # + the regressor starts from the fit of its map's points
+  if c.variant in ("cpu_best", "cpu_fit"):  # base+FLM, 3D-form L3d, 4000 steps, checkpoint chosen on a hold-out,
+    c.data.holdout = 100                     # the regressor started from the fit of its map's points
     c.fit_start = True
   c.log_every = 50
   c.eval_every = int(round(c.num_steps / 8, -2))

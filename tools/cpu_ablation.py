@@ -9,9 +9,9 @@ r"""Runs the 2-core CPU experiment of issue 6 and prints its results table (docs
 For each variant ``V`` (``configs/2dasl.py:V``): ``python train.py --config configs/2dasl.py:V --workdir ROOT/V``
 (resumes from ``ROOT/V`` when interrupted; a finished run is not retrained), then ``python evaluate.py
 --checkpoint ROOT/V --data_dir DEV --dense_bases_dir DENSE --out ROOT/V/eval_dev`` on the final (latest)
-checkpoint (``--which best``: the one the hold-out chose). The table reads ``ROOT/V/eval_dev/results.json`` (the AFLW2000-3D protocol, 68 points, original GT:
-2D NME per |yaw| bin, the mean of bins and overall; 3D NME overall and mean of bins; with the dense bases, dense
-3D and ICP reconstruction NME, mean of bins) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
+checkpoint (``--which best``: the one the hold-out chose). The table reads ``ROOT/V/eval_dev/results.json`` (the
+AFLW2000-3D protocol, 68 points, original GT: 2D NME per |yaw| bin, the mean of bins and overall; 3D NME overall
+and mean of bins; with the dense bases, dense 3D and ICP reconstruction NME, mean of bins) and the training wall-clock (``elapsed_s`` of ``ROOT/V/results.json``:
 all resumed pieces summed, compilation and dev evaluations included). Extra ``--config.*`` overrides after ``--``
 go to every train.py call.
 """
@@ -62,8 +62,8 @@ def table(root: str, variants=VARIANTS + EXTRA) -> str:
     res = json.load(open(ev_path))
     nme, nme3 = res["nme_2d_68"], res.get("nme_3d_68") or {}
     overall3 = f"{nme3['overall']:.2f}" if nme3.get("overall") is not None else "—"
-    shape = " | ".join(f"{(res.get(k) or {})['mean_of_bins']:.3f}" if (res.get(k) or {}).get("mean_of_bins")
-                       is not None else "—" for k in ("nme_3d_68", "nme_dense_3d", "nme_icp"))
+    means = [(res.get(k) or {}).get("mean_of_bins") for k in ("nme_3d_68", "nme_dense_3d", "nme_icp")]
+    shape = " | ".join("—" if m is None else f"{m:.3f}" for m in means)
     tr = json.load(open(tr_path)) if os.path.exists(tr_path) else {}
     mins = f"{tr['elapsed_s'] / 60:.0f} min" if "elapsed_s" in tr else "?"
     bins = " | ".join(f"{b:.3f}" for b in nme["bins"])

@@ -79,9 +79,11 @@ def _cached_if_small(src):
   return Cached(src) if len(src) <= CACHE_LIMIT else src
 
 
-def _need_dir(path: str, spec: str) -> str:
+def _need_dir(path: str, spec: str, what: str = "data folder", made_by: str = "") -> str:
+  """``path`` if it is a folder, else ``MissingAssetError`` in one line (naming the command ``made_by`` if any)."""
   if not os.path.isdir(path):
-    raise MissingAssetError(f"missing data folder {path} (from data spec {spec!r})")
+    how = f"; make it with {made_by}" if made_by else ""
+    raise MissingAssetError(f"missing {what} {path} (from data spec {spec!r}){how}")
   return path
 
 
@@ -154,11 +156,9 @@ def build_source(spec: str, model=None):
     from jface.data.fit_labels import FittedSource
     if not args or len(args) > 2:
       raise ValueError(f"data spec {spec!r}: expected fitted:DIR[:MAX_RESIDUAL]")
-    if not os.path.isdir(args[0]):
-      raise MissingAssetError(f"missing pseudo-label folder {args[0]} (from data spec {spec!r}); make it with "
-                              f"python -m jface.data.fit_labels --data aflw_wild:../shared/data/aflw_wild --out {args[0]} "
-                              "(README, 'pseudo-3D labels')")
-    return FittedSource(args[0], float(args[1]) if len(args) > 1 else None, model=model)
+    folder = _need_dir(args[0], spec, "pseudo-label folder", "python -m jface.data.fit_labels --data "
+                       f"aflw_wild:../shared/data/aflw_wild --out {args[0]} (README, 'pseudo-3D labels')")
+    return FittedSource(folder, float(args[1]) if len(args) > 1 else None, model=model)
   if kind == "tfds":
     from jface.data.tfds_sources import TFDSSource
     if not args:

@@ -15,6 +15,13 @@ import jax.numpy as jnp
 from jface.core import fitting
 from jface.core.face_model import FaceModel
 
+JAW_WEIGHT = 0.03  # the jaw line's weight for a detector's points (chosen on the train split, benchmarks/fit_dev.py)
+
+
+def options(config) -> tuple[bool, float]:
+  """``(config.fit_start, config.fit_jaw_weight)``, with the defaults for configs saved before the option."""
+  return bool(config.get("fit_start", False)), float(config.get("fit_jaw_weight", JAW_WEIGHT))
+
 
 def landmark_fit(face: FaceModel, pts: jax.Array, mask: jax.Array, jaw_weight: float) -> jax.Array:
   """Whitened 3DMM params (B, 62) fitted to the landmark-map points; no gradient.

@@ -10,7 +10,7 @@ from jface.core import geometry
 from jface.core.face_model import FaceModel
 from jface.methods.base import FaceOutput, Method, Stream, TrainState
 from jface.methods.twodasl import step
-from jface.methods.twodasl.fit_start import landmark_fit
+from jface.methods.twodasl import fit_start as fit
 from jface.methods.twodasl.flm import network_input
 
 FIELDS = ("image", "params", "landmarks", "flm_landmarks", "landmarks_mask")
@@ -27,7 +27,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.train_3d is empty: name the 3D-labelled training data (see configs/2dasl.py)")
   if not config.bfm_dir:
     raise ValueError("config.bfm_dir is empty: a 3DDFA-format folder (train.configs) or 'synthetic'")
-  if config.get("fit_start", False) and not config.use_flm:
+  if fit.options(config)[0] and not config.use_flm:
     raise ValueError("config.fit_start needs the landmark-map input (use_flm): the fit is made to its points")
   if config.stage not in (1, 2):
     raise ValueError(f"config.stage must be 1 or 2, got {config.stage}")
@@ -52,14 +52,14 @@ def make_predict_fn(config, mods: step.Modules, dense: bool = False) -> Callable
   face model with dense bases)."""
   reg = step._unmapped(mods.regressor)
   use_flm = bool(config.use_flm)
-  fit_start, jaw_weight = config.get("fit_start", False), config.get("fit_jaw_weight", 0.03)
+  fit_start, jaw_weight = fit.options(config)
 
   @jax.jit
   def predict(state: TrainState, face: FaceModel, batch) -> FaceOutput:
     pw = reg.apply({"params": state.params, "batch_stats": state.batch_stats}, network_input(batch, use_flm),
                    train=False)
     if fit_start:
-      pw = pw + landmark_fit(face, batch["flm_landmarks"], batch["landmarks_mask"], jaw_weight)
+      pw = pw + fit.landmark_fit(face, batch["flm_landmarks"], batch["landmarks_mask"], jaw_weight)
     vertices = geometry.dense_vertices(face, pw) if dense else None
     return FaceOutput(landmarks=geometry.landmarks3d(face, pw), vertices=vertices, params=pw,
                       pose=geometry.pose_angles(face, pw), topology=face.name if dense else None)
@@ -67,8 +67,8 @@ def make_predict_fn(config, mods: step.Modules, dense: bool = False) -> Callable
 
 
 def describe(config) -> str:
-  fit = " fit_start" if config.get("fit_start", False) else ""
-  return f"variant={config.variant} model={config.model} stage={config.stage}{fit}"
+  start = " fit_start" if fit.options(config)[0] else ""
+  return f"variant={config.variant} model={config.model} stage={config.stage}{start}"
 
 
 METHOD = Method(name="2dasl", check_config=check_config, build=step.build, init_state=step.init_state,

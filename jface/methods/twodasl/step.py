@@ -11,8 +11,9 @@ One step (paper Sec. 3, Eq. 1), on a 3D-labelled batch J (images + GT params) an
 5. the regressor takes one optimizer step on L = L3d + l1 L2d-con + l2 L3d-con + l3 Lcyc + l4 Lsc;
 6. encoder + critic take one Adam step on the critic loss with real = (z_J, a*), fake = (z_I, sg(a_I)).
 
-With ``config.fit_start`` every regressor output above (the backward pass's too) is a correction added to the 3DMM
-fit of the points its landmark map is drawn from (``fit_start.landmark_fit``; no gradient through the fit).
+With ``config.fit_start`` every regressor output above is a correction added to the 3DMM fit of the points its
+landmark map is drawn from (the backward pass: of all 68 projected points Y2d); ``fit_start.landmark_fit``, no
+gradient through the fit.
 
 Every device runs this on its slice (``jface.train.parallel``); losses and gradients are ``pmean``-ed over 'data'
 and batch norm uses global batch statistics, so N devices compute the same step as one device on the global
@@ -35,7 +36,7 @@ from jface.core.face_model import CROP_SIZE, FaceModel, N_PARAMS
 from jface.methods.base import Batch, TrainState
 from jface.methods.twodasl import losses
 from jface.methods.twodasl.critic import Critic, Encoder
-from jface.methods.twodasl.fit_start import landmark_fit, zero_head
+from jface.methods.twodasl import fit_start as fit
 from jface.methods.twodasl.flm import landmark_map, network_input
 from jface.train import optim, parallel
 
@@ -74,8 +75,8 @@ def init_state(config: ml_collections.ConfigDict, mods: Modules) -> TrainState:
   x = jnp.zeros((2, size, size, in_channels(config)), jnp.float32)
   variables = jax.jit(functools.partial(_unmapped(mods.regressor).init, train=False))(k_reg, x)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  if config.get("fit_start", False):
-    params = zero_head(params)  # the first prediction is the landmark fit itself
+  if fit.options(config)[0]:
+    params = fit.zero_head(params)  # the first prediction is the landmark fit itself
   extra = {}
   if config.use_sc:
     enc = mods.encoder.init(k_enc, x[..., :3])["params"]
@@ -99,12 +100,8 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
   lambdas = dict(config.lambdas)
   l3d_weights = config.get("l3d_weights", "2d")  # configs written before the option: the paper's 2D form
   uses_2d = use_cyc or use_sc
-  fit_start, jaw_weight = config.get("fit_start", False), config.get("fit_jaw_weight", 0.03)
+  fit_start, jaw_weight = fit.options(config)
   reg, enc, cri = mods.regressor, mods.encoder, mods.critic
-
-  def start(face, pts, mask):
-    """(B, 62) what the regressor's output is added to: the landmark fit (``fit_start``) or 0."""
-    return landmark_fit(face, pts, mask, jaw_weight) if fit_start else jnp.zeros((pts.shape[0], N_PARAMS))
 
   def train_step(state: TrainState, face: FaceModel, batches: dict[str, Batch]):
     batch3d = batches["train_3d"]
@@ -114,14 +111,16 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
     x3 = network_input(batch3d, use_flm)
     x2 = network_input(batch2d, use_flm) if uses_2d else None
     n3 = x3.shape[0]
-    start3 = start(face, batch3d["flm_landmarks"], batch3d["landmarks_mask"])
-    start2 = start(face, batch2d["flm_landmarks"], batch2d["landmarks_mask"]) if uses_2d else start3[:0]
+    if fit_start:  # what the regressor's outputs are added to
+      starts = [fit.landmark_fit(face, b["flm_landmarks"], b["landmarks_mask"], jaw_weight)
+                for b in ([batch3d, batch2d] if uses_2d else [batch3d])]
 
     def loss_fn(params):
       x = jnp.concatenate([x3, x2]) if uses_2d else x3
       out, new_vars = reg.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
                                 mutable=["batch_stats"])
-      out = out + jnp.concatenate([start3, start2])
+      if fit_start:
+        out = out + jnp.concatenate(starts)
       a3, a2 = out[:n3], out[n3:]
       terms = {}
       if stage == 1:
@@ -134,7 +133,8 @@ def make_train_step(config: ml_collections.ConfigDict, mods: Modules) -> Callabl
         xb = jnp.concatenate([x2[..., :3], flm_back[..., None]], axis=-1) if use_flm else x2
         a2_back, _ = reg.apply({"params": params, "batch_stats": state.batch_stats}, xb, train=True,
                                mutable=["batch_stats"])
-        a2_back = a2_back + start(face, y2d, jnp.ones(y2d.shape[:2], bool))
+        if fit_start:
+          a2_back = a2_back + fit.landmark_fit(face, y2d, jnp.ones(y2d.shape[:2], bool), jaw_weight)
         terms.update(losses.cycle_losses(face, a2, a2_back, batch2d["landmarks"], batch2d["landmarks_mask"]))
       if use_sc:
         z2 = enc.apply({"params": state.extra["adv_params"]["encoder"]}, x2[..., :3])
